@@ -1,0 +1,171 @@
+"""The built-in cells, written once. Each cell states its equations (Keras 3's) against a
+small op interface, so the same code drives the NumPy reference (rnnc/reference.py) and
+the ONNX Loop lowering (rnnc/lower/loop.py).
+
+Every cell is split into the part that depends on the step input only (`project`, hoisted
+out of the time loop and computed for all steps at once) and the recurrent `step`.
+
+Op interface (`ops`): matmul(a, b), add(a, b), sub(a, b), mul(a, b), act(name, x),
+split(x, n) -> list (last axis), one_minus(x), param(name)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .gates import permute_gates
+
+
+@dataclass(frozen=True)
+class CellDef:
+    kind: str
+    gates: str                      # Keras gate order, as in lower/gates.py
+    state_names: tuple[str, ...]
+    param_shapes: Callable[[int, int, dict], dict[str, tuple[int, ...]]]
+    prepare: Callable[[dict[str, np.ndarray], int, dict], dict[str, np.ndarray]]
+    project: Callable[[Any, Any, int, dict], Any]
+    step: Callable[[Any, Any, tuple, int, dict], tuple[Any, tuple]]
+
+
+def _bias_shape(cfg: dict, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    return {"bias": shape} if cfg.get("use_bias", True) else {}
+
+
+# ---- SimpleRNN:  h_t = act(x_t @ W + b + h_{t-1} @ U)
+def _rnn_shapes(units: int, inp: int, cfg: dict) -> dict[str, tuple[int, ...]]:
+    return {"kernel": (inp, units), "recurrent_kernel": (units, units), **_bias_shape(cfg, (units,))}
+
+
+def _rnn_prepare(p: dict, units: int, cfg: dict) -> dict:
+    return {"W": p["kernel"], "U": p["recurrent_kernel"], **({"b": p["bias"]} if "bias" in p else {})}
+
+
+def _rnn_project(ops, x, units, cfg):
+    xp = ops.matmul(x, ops.param("W"))                                   # [.., u]
+    return ops.add(xp, ops.param("b")) if cfg.get("use_bias", True) else xp
+
+
+def _rnn_step(ops, xp, states, units, cfg):
+    (h,) = states
+    h = ops.act(cfg["activation"], ops.add(xp, ops.matmul(h, ops.param("U"))))
+    return h, (h,)
+
+
+# ---- LSTM (Keras gates i f c o; kept here as i f o c so one recurrent activation covers
+# the three contiguous sigmoid gates):
+#   z = x W + b + h U;  i, f, o = split(ra(z[:, :3u]));  g = act(z[:, 3u:])
+#   c' = f * c + i * g;  h' = o * act(c')
+def _lstm_shapes(units: int, inp: int, cfg: dict) -> dict[str, tuple[int, ...]]:
+    return {"kernel": (inp, 4 * units), "recurrent_kernel": (units, 4 * units), **_bias_shape(cfg, (4 * units,))}
+
+
+def _lstm_prepare(p: dict, units: int, cfg: dict) -> dict:
+    out = {"W": permute_gates(p["kernel"], "keras_lstm", "rnnc_lstm"),
+           "U": permute_gates(p["recurrent_kernel"], "keras_lstm", "rnnc_lstm")}
+    if "bias" in p:
+        out["b"] = permute_gates(p["bias"], "keras_lstm", "rnnc_lstm")
+    return out
+
+
+def _lstm_step(ops, xp, states, units, cfg):
+    h, c = states
+    z = ops.add(xp, ops.matmul(h, ops.param("U")))                       # [B, 4u] (i f o c)
+    ifo, g = ops.split(z, [3 * units, units])
+    ra, act = cfg["recurrent_activation"], cfg["activation"]
+    i, f, o = ops.split(ops.act(ra, ifo), 3)
+    c = ops.add(ops.mul(f, c), ops.mul(i, ops.act(act, g)))
+    h = ops.mul(o, ops.act(act, c))
+    return h, (h, c)
+
+
+# ---- GRU (gates z r h), Keras 3:
+#   reset_after=True : xz,xr,xh = x W + b_in;  rz,rr,rh = h U + b_rec
+#                      z = ra(xz+rz); r = ra(xr+rr); hh = act(xh + r * rh)
+#   reset_after=False: xz,xr,xh = x W + b;  z = ra(xz + h Uz); r = ra(xr + h Ur)
+#                      hh = act(xh + (r * h) Uh)
+#   h' = z * h + (1 - z) * hh
+def _gru_shapes(units: int, inp: int, cfg: dict) -> dict[str, tuple[int, ...]]:
+    bias = (2, 3 * units) if cfg.get("reset_after", True) else (3 * units,)
+    return {"kernel": (inp, 3 * units), "recurrent_kernel": (units, 3 * units), **_bias_shape(cfg, bias)}
+
+
+def _gru_prepare(p: dict, units: int, cfg: dict) -> dict:
+    out = {"W": p["kernel"]}
+    if cfg.get("reset_after", True):
+        out["U"] = p["recurrent_kernel"]
+        if "bias" in p:
+            out["b"], out["b_rec"] = p["bias"][0], p["bias"][1]
+    else:
+        out["U_zr"], out["U_h"] = p["recurrent_kernel"][:, : 2 * units], p["recurrent_kernel"][:, 2 * units:]
+        if "bias" in p:
+            out["b"] = p["bias"]
+    return out
+
+
+def _gru_step(ops, xp, states, units, cfg):
+    (h,) = states
+    ra, act = cfg["recurrent_activation"], cfg["activation"]
+    if cfg.get("reset_after", True):
+        rec = ops.matmul(h, ops.param("U"))                              # [B, 3u]
+        if cfg.get("use_bias", True):
+            rec = ops.add(rec, ops.param("b_rec"))
+        xzr, xh = ops.split(xp, [2 * units, units])
+        rzr, rh = ops.split(rec, [2 * units, units])
+        z, r = ops.split(ops.act(ra, ops.add(xzr, rzr)), 2)
+        hh = ops.act(act, ops.add(xh, ops.mul(r, rh)))
+    else:
+        xzr, xh = ops.split(xp, [2 * units, units])
+        z, r = ops.split(ops.act(ra, ops.add(xzr, ops.matmul(h, ops.param("U_zr")))), 2)
+        hh = ops.act(act, ops.add(xh, ops.matmul(ops.mul(r, h), ops.param("U_h"))))
+    h = ops.add(ops.mul(z, h), ops.mul(ops.one_minus(z), hh))
+    return h, (h,)
+
+
+CELLS: dict[str, CellDef] = {
+    "SimpleRNN": CellDef("SimpleRNN", "h", ("h",), _rnn_shapes, _rnn_prepare, _rnn_project, _rnn_step),
+    "LSTM": CellDef("LSTM", "ifco", ("h", "c"), _lstm_shapes, _lstm_prepare, _rnn_project, _lstm_step),
+    "GRU": CellDef("GRU", "zrh", ("h",), _gru_shapes, _gru_prepare, _rnn_project, _gru_step),
+}
+CELL_TYPES = {"SimpleRNNCell": "SimpleRNN", "GRUCell": "GRU", "LSTMCell": "LSTM"}
+
+
+class NumpyOps:
+    """The op interface over NumPy arrays (the reference interpreter's backend)."""
+
+    def __init__(self, params: dict[str, np.ndarray]):
+        self.params = params
+
+    def param(self, name: str) -> np.ndarray:
+        return self.params[name]
+
+    @staticmethod
+    def matmul(a, b):
+        return a @ b
+
+    @staticmethod
+    def add(a, b):
+        return a + b
+
+    @staticmethod
+    def sub(a, b):
+        return a - b
+
+    @staticmethod
+    def mul(a, b):
+        return a * b
+
+    @staticmethod
+    def one_minus(a):
+        return 1.0 - a
+
+    @staticmethod
+    def act(name, x):
+        from .activations import apply
+        return apply(name, x)
+
+    @staticmethod
+    def split(x, n):
+        if isinstance(n, int):
+            return np.split(x, n, axis=-1)
+        return np.split(x, np.cumsum(n)[:-1], axis=-1)

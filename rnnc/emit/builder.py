@@ -1,0 +1,92 @@
+"""GraphBuilder: accumulates ONNX nodes and initializers with unique, readable names.
+Node names are prefixed by the layer that emitted them (`lstm/LSTM`), which reads well
+in Netron and lets `inspect` group nodes by layer."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+DTYPES = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": TensorProto.INT64,
+          "bool": TensorProto.BOOL}
+
+
+class GraphBuilder:
+    def __init__(self, *, parent: "GraphBuilder | None" = None):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.parent = parent
+        self._names: set[str] = parent._names if parent else set()
+        self._consts: dict[tuple, str] = {}
+        self.scope = parent.scope if parent else ""
+        self.node_counts: dict[str, int] = {}
+
+    # -- names ------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        base = f"{self.scope}/{base}" if self.scope and "/" not in base else base
+        name, i = base, 1
+        while name in self._names:
+            name = f"{base}_{i}"
+            i += 1
+        self._names.add(name)
+        return name
+
+    def reserve(self, name: str) -> str:
+        if name in self._names:
+            raise ValueError(f"name {name!r} used twice")
+        self._names.add(name)
+        return name
+
+    @contextmanager
+    def layer_scope(self, name: str) -> Iterator[None]:
+        old, self.scope = self.scope, name
+        try:
+            yield
+        finally:
+            self.scope = old
+
+    # -- nodes ------------------------------------------------------------------
+    def op(self, op_type: str, inputs: Sequence[str], *, outputs: int | Sequence[str] = 1,
+           name: str | None = None, domain: str = "", **attrs: Any) -> Any:
+        """Add a node. Returns its output name (one output) or a list of names."""
+        if isinstance(outputs, int):
+            outs = [self.fresh(f"{name or op_type}_out{i}" if outputs > 1 else (name or op_type)) for i in range(outputs)]
+        else:
+            outs = list(outputs)
+        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(name or op_type), domain=domain,
+                                **{k: v for k, v in attrs.items() if v is not None})
+        self.nodes.append(node)
+        self.node_counts[self.scope] = self.node_counts.get(self.scope, 0) + 1
+        return outs[0] if len(outs) == 1 else outs
+
+    # -- constants --------------------------------------------------------------
+    def initializer(self, base: str, array: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        return name
+
+    def const(self, value: Any, dtype: str = "int64") -> str:
+        """A small shared constant (shape vectors, axes, scalars)."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        root = self
+        while root.parent is not None:  # constants live in the main graph (visible in subgraphs)
+            root = root.parent
+        if key not in root._consts:
+            text = "_".join(str(v) for v in arr.ravel()[:4]) if arr.size <= 4 else f"{arr.size}"
+            root._consts[key] = root.initializer_global(f"const_{arr.dtype.name}_{text}".replace("-", "m"), arr)
+        return root._consts[key]
+
+    def initializer_global(self, base: str, array: np.ndarray) -> str:
+        old, self.scope = self.scope, ""
+        try:
+            return self.initializer(base, array)
+        finally:
+            self.scope = old
+
+
+def value_info(name: str, dtype: str, dims: Sequence[int | str | None]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, DTYPES[dtype], [d if d is not None else None for d in dims])

@@ -1,0 +1,82 @@
+"""ModelProto assembly: inputs and outputs in the spec's order with symbolic dims, pinned IR
+version and opset, rnnc's metadata (each layer's lowering and why), check_model, and an
+atomic write."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from .. import __version__
+from ..errors import RnncError
+from ..ir.graph import Graph
+from .builder import GraphBuilder, value_info
+
+MIN_OPSET = 18   # Split(num_outputs), ReduceMax/ReduceSum with axes as input
+
+
+def assemble(graph: Graph, b: GraphBuilder, env: dict, facts: dict[str, dict], *, opset: int, ir_version: int,
+             target: str) -> onnx.ModelProto:
+    nodes = list(b.nodes)
+    outputs = []
+    for out in graph.outputs:
+        tensor = env[out.ref]
+        nodes.append(helper.make_node("Identity", [tensor], [out.name], name=f"output/{out.name}"))
+        t = graph.type_of(out.ref)
+        outputs.append(value_info(out.name, t.dtype, t.dims))
+    inputs = [value_info(n, t.dtype, t.dims) for n, t in graph.inputs.items()]
+    g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=b.initializers)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="rnnc",
+                              producer_version=__version__)
+    model.ir_version = ir_version
+    model.doc_string = f"{graph.name}, compiled by rnnc {__version__}"
+    meta = {
+        "rnnc.version": __version__,
+        "rnnc.target": target,
+        "rnnc.model": json.dumps(metadata(graph, facts)),
+    }
+    for k, v in meta.items():
+        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
+    return model
+
+
+def metadata(graph: Graph, facts: dict[str, dict]) -> dict[str, Any]:
+    layers = []
+    for layer in graph.layers.values():
+        layers.append({
+            "name": layer.name, "kind": layer.kind, "lowering": layer.lowering, "reason": layer.reason,
+            "notes": list(layer.notes), "params": layer.param_count(),
+            "outputs": {p: [str(d) if isinstance(d, str) else d for d in t.dims] for p, t in layer.outputs.items()},
+            "inputs": [str(r) for r in layer.inputs],
+            "nodes": facts.get(layer.name, {}).get("nodes", []),
+        })
+    return {"name": graph.name, "layers": layers,
+            "inputs": list(graph.inputs), "outputs": [o.name for o in graph.outputs]}
+
+
+def check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:   # a compiler bug, never the user's
+        raise RnncError(f"internal error: the emitted model fails onnx.checker: {e}") from e
+
+
+def save_atomic(model: onnx.ModelProto, path: str | Path) -> None:
+    """Write to a temp file in the same folder, then rename: never a half-written file."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        raise RnncError(f"cannot write {p}: folder {p.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=str(p.parent) if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

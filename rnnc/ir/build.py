@@ -1,0 +1,374 @@
+"""Spec → IR: resolve references, infer every tensor's type, propagate masks (as Keras
+does) and record each layer's parameters. All problems are collected and raised together."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..cells.builtin import CELL_TYPES, CELLS
+from ..errors import Problem, ShapeError, SpecError
+from ..spec.model import CellDecl, LayerDecl, Spec
+from ..spec.schema import CELL_OF_LAYER
+from .graph import Cell, Graph, Layer, Output
+from .types import Dim, Ref, TensorType
+
+MASK_PASSING = ("Dense", "Dropout", "Activation", "BatchNormalization")
+
+
+class _Fail(Exception):
+    """Aborts one layer; the problem is already recorded."""
+
+
+class _Builder:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.problems: list[Problem] = []
+        self.inputs = {n: TensorType(d.dtype, d.dims) for n, d in spec.inputs.items()}
+        self.layers: dict[str, Layer] = {}
+        self.failed: set[str] = set()
+
+    # -- errors -----------------------------------------------------------------
+    def fail(self, path: tuple, message: str, *, shape: bool = False) -> _Fail:
+        p = self.spec.source.problem(path, message)
+        self.problems.append(p)
+        return _Fail()
+
+    # -- references -------------------------------------------------------------
+    def resolve(self, text: str, path: tuple) -> list[Ref]:
+        """A reference → the tensors it names (several for `layer.states` or a null-merged
+        Bidirectional)."""
+        if text in self.inputs:
+            return [Ref(text, "input")]
+        name, _, port = text.partition(".")
+        if name in self.failed:
+            raise _Fail()
+        layer = self.layers.get(name)
+        if layer is None:
+            known = list(self.inputs) + list(self.layers)
+            later = [l.name for l in self.spec.layers if l.name == name]
+            hint = (f" Layer {name!r} is defined later: a layer can only use earlier layers."
+                    if later else f" Known: {', '.join(known)}.")
+            raise self.fail(path, f"unknown reference {text!r}: expected a model input or an earlier layer.{hint}")
+        if port in ("", "output"):
+            if "output" not in layer.outputs:  # Bidirectional with merge_mode: null
+                return [Ref(name, "forward"), Ref(name, "backward")]
+            return [Ref(name, "output")]
+        if port == "states":
+            if not layer.state_ports:
+                raise self.fail(path, f"{text!r}: layer {name!r} has no states (set `return_state: true` on it)")
+            return [Ref(name, p) for p in layer.state_ports]
+        if port in layer.outputs:
+            return [Ref(name, port)]
+        avail = ", ".join(f"{name}.{p}" for p in (*layer.outputs, *(["states"] if layer.state_ports else [])))
+        hint = " (set `return_state: true` on it)" if port.startswith("state") and not layer.state_ports else ""
+        raise self.fail(path, f"unknown reference {text!r}: expected one of {avail}{hint}")
+
+    def resolve_all(self, texts: tuple[str, ...], path: tuple) -> list[Ref]:
+        refs: list[Ref] = []
+        for i, t in enumerate(texts):
+            refs += self.resolve(t, path + (i,) if len(texts) > 1 else path)
+        return refs
+
+    def type_of(self, r: Ref) -> TensorType:
+        return self.inputs[r.layer] if r.port == "input" else self.layers[r.layer].outputs[r.port]
+
+    def mask_of(self, r: Ref) -> Ref | None:
+        if r.port == "input":
+            return None
+        layer = self.layers[r.layer]
+        return layer.mask_out if r.port in ("output", "forward", "backward") else None
+
+    # -- the graph --------------------------------------------------------------
+    def build(self) -> Graph:
+        prev: list[Ref] | None = None
+        if len(self.inputs) == 1:
+            prev = [Ref(next(iter(self.inputs)), "input")]
+        for decl in self.spec.layers:
+            try:
+                if decl.inputs is not None:
+                    ins = self.resolve_all(decl.inputs, decl.path + ("input",))
+                elif prev is None and self.failed:
+                    raise _Fail()  # the previous layer failed: already reported
+                elif prev is None:
+                    raise self.fail(decl.path, "this layer has no `input:` and the model has several inputs: "
+                                    f"expected `input:` naming one of {', '.join(self.inputs)}")
+                else:
+                    ins = prev
+                layer = self.layer(decl, ins)
+                self.layers[layer.name] = layer
+                prev = ([Ref(layer.name, "output")] if "output" in layer.outputs
+                        else [Ref(layer.name, "forward"), Ref(layer.name, "backward")])
+            except _Fail:
+                self.failed.add(decl.name)
+                prev = None
+        outputs = self.outputs()
+        if self.problems:
+            raise SpecError(problems=self.problems)
+        return Graph(self.spec.name, self.inputs, self.layers, outputs, file=self.spec.file, seed=self.spec.seed)
+
+    def outputs(self) -> list[Output]:
+        decls = self.spec.outputs
+        if decls is None:
+            if not self.spec.layers:
+                return []
+            last = self.spec.layers[-1]
+            if last.name in self.failed:
+                return []
+            refs = [Ref(last.name, "output")] if "output" in self.layers[last.name].outputs else \
+                [Ref(last.name, "forward"), Ref(last.name, "backward")]
+            return [Output(str(r), r) for r in refs]
+        out: list[Output] = []
+        seen: set[str] = set()
+        for d in decls:
+            try:
+                refs = self.resolve(d.ref, d.path)
+            except _Fail:
+                continue
+            for i, r in enumerate(refs):
+                if d.name is None:
+                    name = str(r)
+                else:
+                    name = d.name if len(refs) == 1 else f"{d.name}_{i}"
+                if name in seen:
+                    self.fail(d.path, f"output {name!r} is listed twice: expected each output once")
+                    continue
+                seen.add(name)
+                out.append(Output(name, r))
+        return out
+
+    # -- layers -----------------------------------------------------------------
+    def layer(self, decl: LayerDecl, ins: list[Ref]) -> Layer:
+        t = decl.type
+        types = [self.type_of(r) for r in ins]
+        line = self.spec.source.line(decl.path)
+        base = dict(name=decl.name, kind=t, config=decl.config, inputs=tuple(ins), path=decl.path, line=line)
+        merge = t in ("Concatenate", "Add", "Multiply", "Average")
+        if not merge and len(ins) != 1:
+            raise self.fail(decl.path + ("input",), f"a {t} layer takes one input, got {len(ins)}")
+        if merge and len(ins) < 2:
+            raise self.fail(decl.path + ("input",), f"a {t} layer takes a list of at least 2 inputs, got {len(ins)}")
+        x = types[0]
+        mask = self.mask_of(ins[0])
+        if t == "Embedding":
+            if x.dtype not in ("int32", "int64"):
+                raise self.fail(decl.path + ("input",), f"Embedding expects integer token ids (int32 or int64), got {x.dtype} {x}")
+            out = TensorType("float32", (*x.dims, decl.config["output_dim"]))
+            outs = {"output": out}
+            mask_out = None
+            if decl.config["mask_zero"]:
+                outs["mask"] = TensorType("bool", x.dims)
+                mask_out = Ref(decl.name, "mask")
+            params = {"embeddings": (decl.config["input_dim"], decl.config["output_dim"])}
+            return Layer(**base, outputs=outs, params=params, mask_out=mask_out)
+        self.expect_float(decl, x, ins[0])
+        if t == "Masking":
+            if x.rank < 3:
+                raise self.fail(decl.path + ("input",), f"Masking expects a (batch, time, features) input, got {x}")
+            return Layer(**base, outputs={"output": x, "mask": TensorType("bool", x.dims[:-1])},
+                         mask_out=Ref(decl.name, "mask"))
+        if t in ("Dropout", "Activation"):
+            return Layer(**base, outputs={"output": x}, mask_in=mask, mask_out=mask)
+        if t == "Dense":
+            feat = self.fixed_last(decl, x, "Dense")
+            u = decl.config["units"]
+            params = {"kernel": (feat, u), **({"bias": (u,)} if decl.config["use_bias"] else {})}
+            return Layer(**base, outputs={"output": x.with_dims(*x.dims[:-1], u)}, params=params,
+                         mask_in=mask, mask_out=mask)
+        if t == "BatchNormalization":
+            axis = decl.config["axis"]
+            if not -x.rank <= axis < x.rank or axis in (0, -x.rank):
+                raise self.fail(decl.path + ("axis",), f"expected an axis in 1..{x.rank - 1} or -{x.rank - 1}..-1 for input {x}, got {axis}")
+            ch = x.dims[axis]
+            if not isinstance(ch, int):
+                raise self.fail(decl.path + ("axis",), f"BatchNormalization needs a fixed size on axis {axis}, got {ch!r} in {x}")
+            params = {k: (ch,) for k in ("gamma", "beta", "moving_mean", "moving_variance")}
+            return Layer(**base, outputs={"output": x}, params=params, mask_in=mask, mask_out=mask)
+        if merge:
+            return self.merge(decl, base, ins, types)
+        if t == "Bidirectional":
+            return self.bidirectional(decl, base, ins[0], x, mask)
+        return self.recurrent(decl, base, ins[0], x, mask)
+
+    def expect_float(self, decl: LayerDecl, x: TensorType, r: Ref) -> None:
+        if x.dtype != "float32":
+            raise self.fail(decl.path + ("input",), f"{decl.type} expects float32 input, got {x.dtype} from {r} "
+                            "(integer token ids need an Embedding first)")
+
+    def fixed_last(self, decl: LayerDecl, x: TensorType, what: str) -> int:
+        if x.rank < 2:
+            raise self.fail(decl.path + ("input",), f"{what} expects an input of rank 2 or more, got {x}")
+        feat = x.dims[-1]
+        if not isinstance(feat, int):
+            raise self.fail(decl.path + ("input",), f"{what} needs a fixed feature size (last dim), got {feat!r} in {x}")
+        return feat
+
+    def merge(self, decl: LayerDecl, base: dict, ins: list[Ref], types: list[TensorType]) -> Layer:
+        t = decl.type
+        for r, ty in zip(ins, types):
+            self.expect_float(decl, ty, r)
+        first = types[0]
+        masks = [self.mask_of(r) for r in ins]
+        if any(ty.rank != first.rank for ty in types):
+            raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same rank, got {', '.join(map(str, types))}")
+        if t == "Concatenate":
+            axis = decl.config["axis"]
+            if not -first.rank <= axis < first.rank or axis % first.rank == 0:
+                raise self.fail(decl.path + ("axis",), f"expected an axis in 1..{first.rank - 1} or negative, got {axis}")
+            ax = axis % first.rank
+            dims: list[Dim] = list(first.dims)
+            for ty in types[1:]:
+                for i, (a, b) in enumerate(zip(dims, ty.dims)):
+                    if i != ax and isinstance(a, int) and isinstance(b, int) and a != b:
+                        raise self.fail(decl.path + ("input",), f"Concatenate expects equal dims except on axis {axis}, got {', '.join(map(str, types))}")
+            sizes = [ty.dims[ax] for ty in types]
+            dims[ax] = sum(sizes) if all(isinstance(s, int) for s in sizes) else "+".join(map(str, sizes))  # type: ignore[arg-type]
+            out = first.with_dims(*dims)
+        else:
+            for ty in types[1:]:
+                for a, b in zip(first.dims, ty.dims):
+                    if isinstance(a, int) and isinstance(b, int) and a != b:
+                        raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same shape, got {', '.join(map(str, types))}")
+            out = first
+        outs = {"output": out}
+        present = [m for m in masks if m is not None]
+        mask_out = None
+        if len(set(present)) == 1:
+            mask_out = present[0]
+        elif present:
+            # Keras: the merged mask is the AND of the inputs' masks (missing masks are all-true).
+            outs["mask"] = TensorType("bool", out.dims[:-1])
+            mask_out = Ref(decl.name, "mask")
+        return Layer(**base, outputs=outs, mask_out=mask_out,
+                     config={**decl.config, "input_masks": tuple(masks)})
+
+    # -- recurrent layers ---------------------------------------------------------
+    def cells_of(self, decl: LayerDecl, feat: int) -> tuple[Cell, ...]:
+        if decl.type in CELL_OF_LAYER:
+            decls = [CellDecl(CELL_OF_LAYER[decl.type], {k: decl.config[k] for k in decl.config
+                                                         if k in _cell_keys(CELL_OF_LAYER[decl.type])}, decl.path)]
+            stacked = False
+        else:
+            decls = list(decl.config["cell"])
+            stacked = isinstance(self.spec.source.data_at(decl.path + ("cell",)), list)
+        cells = []
+        size = feat
+        for i, cd in enumerate(decls):
+            kind = CELL_TYPES.get(cd.type)
+            if kind is None:
+                raise self.fail(cd.path, f"custom cell {cd.type!r}: custom cells are not supported by this "
+                                "version of rnnc yet; expected one of SimpleRNNCell, GRUCell, LSTMCell")
+            cdef = CELLS[kind]
+            u = cd.config["units"]
+            prefix = f"cells/{i}/" if stacked else ""
+            params = cdef.param_shapes(u, size, cd.config)
+            states = tuple((n, (u,)) for n in cdef.state_names)
+            cells.append(Cell(kind, u, dict(cd.config), size, states, u, params, prefix))
+            size = u
+        return tuple(cells)
+
+    def recurrent(self, decl: LayerDecl, base: dict, r: Ref, x: TensorType, mask: Ref | None,
+                  *, initial: bool = True) -> Layer:
+        cfg = decl.config
+        if x.rank != 3:
+            raise self.fail(decl.path + ("input",), f"{decl.type} expects a (batch, time, features) input, got {x} from {r}")
+        feat = self.fixed_last(decl, x, decl.type)
+        if cfg.get("stateful"):
+            raise self.fail(decl.path + ("stateful",), "stateful: true is not supported by this version of rnnc yet")
+        cells = self.cells_of(decl, feat)
+        batch, time = x.dims[0], x.dims[1]
+        last = cells[-1].output_size
+        out = TensorType("float32", (batch, time, last) if cfg["return_sequences"] else (batch, last))
+        outs: dict[str, TensorType] = {"output": out}
+        ports = _state_ports(cells)
+        if cfg["return_state"]:
+            for port, (_, shape) in zip(ports, [s for c in cells for s in c.states]):
+                outs[port] = TensorType("float32", (batch, *shape))
+        params: dict[str, tuple[int, ...]] = {}
+        for c in cells:
+            params.update({c.prefix + k: s for k, s in c.params.items()})
+        init: tuple[Ref, ...] = ()
+        if initial and cfg.get("initial_state") is not None:
+            init = tuple(self.resolve_all(cfg["initial_state"], decl.path + ("initial_state",)))
+            want = [s for c in cells for s in c.states]
+            if len(init) != len(want):
+                raise self.fail(decl.path + ("initial_state",), f"expected {len(want)} initial state tensor(s) "
+                                f"({', '.join(p for p in ports)}), got {len(init)}")
+            for i, (ref, (_, shape)) in enumerate(zip(init, want)):
+                ty = self.type_of(ref)
+                exp = (batch, *shape)
+                if ty.dtype != "float32" or ty.rank != len(exp) or any(
+                        isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(ty.dims, exp)) \
+                        or ty.dims[1:] != exp[1:]:
+                    raise self.fail(decl.path + ("initial_state",), f"initial state {i} ({ref}): expected float32 "
+                                    f"{TensorType('float32', exp)}, got {ty.dtype} {ty}")
+        notes = tuple(f"{k}={cfg[k]} ignored at inference" for k in ("dropout", "recurrent_dropout")
+                      if cfg.get(k)) + tuple(
+            f"cell {i}: {k}={c.config[k]} ignored at inference" for i, c in enumerate(cells)
+            for k in ("dropout", "recurrent_dropout") if decl.type == "RNN" and c.config.get(k))
+        mask_out = mask if cfg["return_sequences"] else None
+        return Layer(**base, outputs=outs, params=params, initial_state=init, mask_in=mask,
+                     mask_out=mask_out, cells=cells, notes=notes, time=time)
+
+    def bidirectional(self, decl: LayerDecl, base: dict, r: Ref, x: TensorType, mask: Ref | None) -> Layer:
+        cfg = decl.config
+        inner: LayerDecl | None = cfg["layer"]
+        if inner is None:
+            raise _Fail()
+        back_decl: LayerDecl | None = cfg.get("backward_layer")
+        if back_decl is None:
+            # Keras 3 (layers/rnn/bidirectional.py): the backward half is a copy of the layer
+            # with go_backwards set to True (Keras 2 flipped it instead).
+            back_decl = replace(inner, config={**inner.config, "go_backwards": True}, path=inner.path)
+        else:
+            for k in ("return_sequences", "return_state"):
+                if back_decl.config[k] != inner.config[k]:
+                    raise self.fail(back_decl.path + (k,), f"backward_layer must have the same {k} as layer "
+                                    f"({inner.config[k]}), got {back_decl.config[k]}")
+            if back_decl.config["go_backwards"] == inner.config["go_backwards"]:
+                raise self.fail(back_decl.path + ("go_backwards",), "backward_layer must have go_backwards opposite "
+                                f"to layer's (expected {not inner.config['go_backwards']})")
+        fwd = self.recurrent(inner, dict(base, name="forward", kind=inner.type, config=inner.config, path=inner.path),
+                             r, x, mask, initial=False)
+        bwd = self.recurrent(back_decl, dict(base, name="backward", kind=back_decl.type, config=back_decl.config,
+                                             path=back_decl.path), r, x, mask, initial=False)
+        seqs = inner.config["return_sequences"]
+        f_out, b_out = fwd.outputs["output"], bwd.outputs["output"]
+        mode = cfg["merge_mode"]
+        outs: dict[str, TensorType] = {}
+        if mode is None:
+            outs["forward"], outs["backward"] = f_out, b_out
+        elif mode == "concat":
+            outs["output"] = f_out.with_dims(*f_out.dims[:-1], f_out.dims[-1] + b_out.dims[-1])  # type: ignore[operator]
+        else:
+            if f_out.dims[-1] != b_out.dims[-1]:
+                raise self.fail(decl.path + ("merge_mode",), f"merge_mode {mode} needs halves of the same size, "
+                                f"got {f_out} and {b_out}")
+            outs["output"] = f_out
+        if inner.config["return_state"]:
+            for half, lay in (("forward", fwd), ("backward", bwd)):
+                for p in lay.state_ports:
+                    outs[f"{half}_{p}"] = lay.outputs[p]
+        params = {f"forward/{k}": s for k, s in fwd.params.items()}
+        params.update({f"backward/{k}": s for k, s in bwd.params.items()})
+        return Layer(**base, outputs=outs, params=params, mask_in=mask, mask_out=mask if seqs else None,
+                     sublayers=(fwd, bwd), notes=fwd.notes + bwd.notes, time=x.dims[1])
+
+
+def _cell_keys(cell_type: str) -> set[str]:
+    from ..spec.schema import CELL_KEYS
+    return set(CELL_KEYS[cell_type])
+
+
+def _state_ports(cells: tuple[Cell, ...]) -> list[str]:
+    """Keras's state names: LSTM state_h, state_c; GRU/SimpleRNN state. Stacked cells number them."""
+    ports = []
+    for i, c in enumerate(cells):
+        suffix = f"_{i}" if len(cells) > 1 else ""
+        for n, _ in c.states:
+            ports.append(("state" if len(c.states) == 1 else f"state_{n}") + suffix)
+    return ports
+
+
+def build_graph(spec: Spec) -> Graph:
+    """Spec → typed IR graph. Raises SpecError listing every problem."""
+    return _Builder(spec).build()

@@ -1,0 +1,96 @@
+"""The IR: a graph of typed layers. Frozen dataclasses, edited with dataclasses.replace;
+networkx holds the dependency graph."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from .types import Ref, TensorType
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell: a built-in (SimpleRNN, GRU, LSTM) or a custom cell."""
+
+    kind: str                               # "SimpleRNN" | "GRU" | "LSTM" | custom name
+    units: int
+    config: dict[str, Any]                  # cell keys (activation, use_bias, ...)
+    input_size: int
+    states: tuple[tuple[str, tuple[int, ...]], ...]  # (name, per-example shape)
+    output_size: int
+    params: dict[str, tuple[int, ...]]      # param name -> shape (keys without the prefix)
+    prefix: str = ""                        # where its params sit under the layer: "cells/1/"
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str                               # spec type: LSTM, Dense, Bidirectional, ...
+    config: dict[str, Any]
+    inputs: tuple[Ref, ...]
+    outputs: dict[str, TensorType]          # port -> type; "output" first, then states
+    params: dict[str, tuple[int, ...]] = field(default_factory=dict)  # key under `<name>/`
+    initial_state: tuple[Ref, ...] = ()
+    mask_in: Ref | None = None              # the mask this layer consumes, if any
+    mask_out: Ref | None = None             # the mask that travels with its output
+    cells: tuple[Cell, ...] = ()            # recurrent layers: the cells, stacked in order
+    sublayers: tuple["Layer", ...] = ()     # Bidirectional: (forward, backward)
+    time: int | str | None = None           # recurrent layers: the input's time dim
+    lowering: str | None = None             # chosen strategy: native | loop | unroll | plain
+    reason: str = ""                        # why that strategy (shown by inspect)
+    notes: tuple[str, ...] = ()             # e.g. "dropout ignored at inference"
+    path: tuple[Any, ...] = ()              # spec key path, for errors
+    line: int | None = None
+
+    @property
+    def is_recurrent(self) -> bool:
+        return bool(self.cells)
+
+    @property
+    def state_ports(self) -> tuple[str, ...]:
+        return tuple(p for p in self.outputs if p.startswith("state"))
+
+    def param_count(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.params.values()))
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    ref: Ref
+
+
+@dataclass
+class Graph:
+    name: str
+    inputs: dict[str, TensorType]
+    layers: dict[str, Layer]                # topological order
+    outputs: list[Output]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # "<layer>/<param>" -> array
+    file: str | None = None
+    seed: int = 0
+
+    def type_of(self, ref: Ref) -> TensorType:
+        if ref.port == "input":
+            return self.inputs[ref.layer]
+        return self.layers[ref.layer].outputs[ref.port]
+
+    def dependencies(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        g.add_nodes_from(self.inputs)
+        for layer in self.layers.values():
+            g.add_node(layer.name)
+            for r in (*layer.inputs, *layer.initial_state, *([layer.mask_in] if layer.mask_in else [])):
+                g.add_edge(r.layer, layer.name)
+        return g
+
+    def replace_layer(self, layer: Layer) -> "Graph":
+        layers = dict(self.layers)
+        layers[layer.name] = layer
+        return Graph(self.name, self.inputs, layers, self.outputs, self.weights, self.file, self.seed)
+
+    def param_count(self) -> int:
+        return sum(l.param_count() for l in self.layers.values())

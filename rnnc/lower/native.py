@@ -1,0 +1,133 @@
+"""Native lowering: Keras SimpleRNN/GRU/LSTM cells → ONNX RNN/GRU/LSTM ops (layout 0).
+
+Weights (SEMANTICS.md): Keras kernels are [in, gates*u] in Keras gate order; ONNX W is
+[dirs, gates*u, in] in ONNX gate order, so permute the gate blocks, then transpose.
+Biases: ONNX B = [Wb, Rb]. LSTM and SimpleRNN: Wb = Keras bias, Rb = 0. GRU reset_after
+(linear_before_reset=1): Wb = input bias, Rb = recurrent bias; reset_after=false
+(linear_before_reset=0): Wb = bias, Rb = 0. No bias at all with use_bias: false."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.graph import Cell, Layer
+from .activations import RNN_OP
+from .context import LowerCtx
+from ..cells.gates import KERAS_LAYOUT, ONNX_LAYOUT, permute_gates
+
+ONNX_OP = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
+# The ONNX ops' default activations (what onnx.reference implements).
+DEFAULTS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh"), "SimpleRNN": ("tanh",)}
+
+
+def cell_activations(cell: Cell) -> tuple[str, ...]:
+    """The Keras activations in the order the ONNX op's `activations` attribute wants:
+    LSTM f, g, h; GRU f, g; RNN f (f = recurrent activation, g/h = activation)."""
+    c = cell.config
+    if cell.kind == "LSTM":
+        return (c["recurrent_activation"], c["activation"], c["activation"])
+    if cell.kind == "GRU":
+        return (c["recurrent_activation"], c["activation"])
+    return (c["activation"],)
+
+
+def cell_supports(cell: Cell, target: str) -> str | None:
+    if cell.kind not in ONNX_OP:
+        return f"custom cell {cell.kind!r} has no ONNX op"
+    acts = cell_activations(cell)
+    for a in acts:
+        if a not in RNN_OP:
+            return f"activation {a!r} has no form in ONNX's {ONNX_OP[cell.kind]} op"
+    if target == "portable" and acts != DEFAULTS[cell.kind] and not (cell.kind == "SimpleRNN" and acts == ("linear",)):
+        return (f"portable target: non-default activations ({', '.join(acts)}) are ignored by "
+                "onnx.reference's LSTM/GRU")
+    return None
+
+
+def supports(layer: Layer, target: str) -> str | None:
+    for c in layer.cells:
+        why = cell_supports(c, target)
+        if why:
+            return why
+    if layer.mask_in is not None and target == "portable":
+        return "portable target: a mask needs sequence_lens, which onnx.reference ignores"
+    return None
+
+
+def onnx_weights(cell: Cell, w: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Keras weights of one cell → ONNX (W [G*u, in], R [G*u, u], B [2*G*u] or None)."""
+    src, dst = KERAS_LAYOUT[cell.kind], ONNX_LAYOUT[cell.kind]
+    W = permute_gates(w["kernel"], src, dst).T
+    R = permute_gates(w["recurrent_kernel"], src, dst).T
+    if "bias" not in w:
+        return W, R, None
+    bias = w["bias"]
+    if cell.kind == "GRU" and cell.config["reset_after"]:
+        wb, rb = permute_gates(bias[0], src, dst), permute_gates(bias[1], src, dst)
+    else:
+        wb, rb = permute_gates(bias, src, dst), np.zeros_like(bias)
+    return W, R, np.concatenate([wb, rb])
+
+
+def cell_weights(ctx: LowerCtx, layer_key: str, cell: Cell) -> dict[str, np.ndarray]:
+    return {k: ctx.w(layer_key, cell.prefix + k) for k in cell.params}
+
+
+def rnn_op(ctx: LowerCtx, cells: list[Cell], weights: list[dict[str, np.ndarray]], X: str, *,
+           direction: str, init: list[list[str]] | None = None, seq_lens: str = "",
+           need_y: bool = True) -> tuple[str | None, str, str | None]:
+    """One native op over X [T, B, in] for one cell (or two, bidirectional).
+    init: per direction, the cell's initial states as [B, u] tensors.
+    Returns (Y [T, dirs, B, u] or None, Y_h [dirs, B, u], Y_c [dirs, B, u] or None)."""
+    b = ctx.b
+    cell = cells[0]
+    Ws, Rs, Bs = zip(*(onnx_weights(c, w) for c, w in zip(cells, weights)))
+    W = b.initializer("W", np.stack(Ws).astype(np.float32))      # [dirs, G*u, in]
+    R = b.initializer("R", np.stack(Rs).astype(np.float32))      # [dirs, G*u, u]
+    B = "" if Bs[0] is None else b.initializer("B", np.stack(Bs).astype(np.float32))  # [dirs, 2*G*u]
+    ins = [X, W, R, B, seq_lens]
+    n_states = len(cell.states)
+    if init:
+        for s in range(n_states):   # initial_h [dirs, B, u] (and initial_c)
+            parts = [ctx.unsqueeze(d[s], 0) for d in init]
+            ins.append(parts[0] if len(parts) == 1 else b.op("Concat", parts, axis=0))
+    while ins and ins[-1] == "":
+        ins.pop()
+    acts = cell_activations(cell) * len(cells)
+    attrs: dict = {"hidden_size": cell.units, "direction": direction, "layout": 0}
+    if acts != DEFAULTS[cell.kind] * len(cells):
+        spec = [RNN_OP[a] for a in acts]
+        attrs["activations"] = [s[0] for s in spec]
+        if any(s[1] is not None for s in spec):
+            attrs["activation_alpha"] = [s[1] if s[1] is not None else 0.0 for s in spec]
+        if any(s[2] is not None for s in spec):
+            attrs["activation_beta"] = [s[2] if s[2] is not None else 0.0 for s in spec]
+    if cell.kind == "GRU":
+        attrs["linear_before_reset"] = 1 if cell.config["reset_after"] else 0
+    op = ONNX_OP[cell.kind]
+    outs = [b.fresh(f"{op}_Y") if need_y else "", b.fresh(f"{op}_Y_h")]
+    if n_states == 2:
+        outs.append(b.fresh(f"{op}_Y_c"))
+    b.op(op, ins, outputs=outs, name=op, **attrs)
+    return (outs[0] or None), outs[1], (outs[2] if n_states == 2 else None)
+
+
+def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, X: str, *, init: list[str] | None,
+              seq_lens: str = "", need_seq: bool) -> tuple[str | None, list[str]]:
+    """The layer's cells, one native op each, over X [T, B, in] (input order).
+    Returns (sequence [T, B, u] in input order, or None; final states, each [B, u])."""
+    direction = "reverse" if layer.config["go_backwards"] else "forward"
+    states: list[str] = []
+    si = 0
+    for i, cell in enumerate(layer.cells):
+        last = i == len(layer.cells) - 1
+        n = len(cell.states)
+        cell_init = [init[si:si + n]] if init else None
+        si += n
+        Y, Yh, Yc = rnn_op(ctx, [cell], [cell_weights(ctx, layer_key, cell)], X, direction=direction,
+                           init=cell_init, seq_lens=seq_lens, need_y=need_seq or not last)
+        states.append(ctx.squeeze(Yh, 0))                        # [B, u]
+        if Yc is not None:
+            states.append(ctx.squeeze(Yc, 0))
+        if Y is not None:
+            X = ctx.squeeze(Y, 1)                                # [T, B, u]
+    return (X if need_seq else None), states

@@ -1,0 +1,242 @@
+"""Lowering rules of the recurrent layers (SimpleRNN, GRU, LSTM, RNN, Bidirectional) for the
+strategies native, loop and unroll. The layer-level semantics live here once (Keras's output
+order for go_backwards, masks, states, merging); running the cells is native.py's or loop.py's.
+
+Masks with the native op (SEMANTICS.md, "Masks and lengths"): whether a mask is right-padded
+is decided per batch at run time. An `If` runs the native op with sequence_lens when every
+row is right-padded and non-empty, and the exact Loop otherwise."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..emit.builder import GraphBuilder
+from ..ir.graph import Layer
+from . import loop, native
+from .context import LowerCtx
+from .registry import register
+
+Run = tuple["str | None", list[str], str]   # (sequence [T, B, u] in processing order, states, last output)
+
+
+def _loop_supports(layer: Layer, target: str) -> str | None:
+    return None
+
+
+def _unroll_supports(layer: Layer, target: str) -> str | None:
+    t = layer_time(layer)
+    if t is None:
+        return "unroll needs a fixed time length in the input shape"
+    return None
+
+
+def layer_time(layer: Layer) -> int | None:
+    return layer.time if isinstance(layer.time, int) else None
+
+
+def run(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, mask: str | None,
+        need_seq: bool, zero_output: bool, strategy: str) -> Run:
+    """Run one recurrent (half-)layer over X [T, B, in]; mask is [B, T] bool or None."""
+    if strategy in ("loop", "unroll"):
+        mask_tb = ctx.transpose(mask, [1, 0]) if mask is not None else None
+        return loop.run_cells(ctx, layer, key, X, init=init, mask=mask_tb, need_seq=need_seq,
+                              zero_output=zero_output, unroll=layer_time(layer) if strategy == "unroll" else None)
+    if mask is None:
+        return _native(ctx, layer, key, X, init=init, need_seq=need_seq)
+    return _native_masked(ctx, layer, key, X, init=init, mask=mask, need_seq=need_seq, zero_output=zero_output)
+
+
+def _native(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, need_seq: bool,
+            seq_lens: str = "") -> Run:
+    Y, states = native.run_cells(ctx, layer, key, X, init=init, seq_lens=seq_lens, need_seq=need_seq)
+    if Y is not None and layer.config["go_backwards"]:
+        Y = ctx.reverse(Y, 0)    # ONNX `reverse` returns input order; Keras returns processing order
+    return Y, states, loop._last_h(list(layer.cells), states)
+
+
+def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, mask: str,
+                   need_seq: bool, zero_output: bool) -> Run:
+    b = ctx.b
+    # lens[b] = sum_t mask[b, t];  right_padded = all(mask == (arange(T) < lens[:, None])) and all(lens > 0)
+    mask_i = b.op("Cast", [mask], to=TensorProto.INT32)                              # [B, T]
+    lens = b.op("ReduceSum", [mask_i, b.const([1])], keepdims=0, name="lens")        # [B] int32
+    T = b.op("Gather", [b.op("Shape", [mask]), b.const(1)], axis=0, name="T")
+    steps = b.op("Range", [b.const(0), T, b.const(1)], name="steps")                  # [T] int64
+    prefix = b.op("Less", [b.op("Unsqueeze", [steps, b.const([0])]),
+                           b.op("Unsqueeze", [b.op("Cast", [lens], to=TensorProto.INT64), b.const([1])])])
+    same = b.op("Cast", [b.op("Equal", [prefix, mask])], to=TensorProto.INT32)
+    nonempty = b.op("Cast", [b.op("Greater", [lens, b.const(0, dtype="int32")])], to=TensorProto.INT32)
+    cond = b.op("Cast", [b.op("Mul", [b.op("ReduceMin", [same, b.const([0, 1])], keepdims=0),
+                                      b.op("ReduceMin", [nonempty, b.const([0])], keepdims=0)])],
+                to=TensorProto.BOOL, name="right_padded")
+
+    def fast() -> list[str]:
+        Y, states, last = _native(ctx, layer, key, X, init=init, need_seq=need_seq, seq_lens=lens)
+        if Y is not None and not layer.config["go_backwards"] and not zero_output:
+            # ONNX writes zeros past each length; Keras repeats the last output:
+            # Y'[t, b] = Y[min(t, lens[b] - 1), b]
+            last_t = b.op("Sub", [b.op("Cast", [lens], to=TensorProto.INT64), b.const(1)])
+            idx = b.op("Min", [b.op("Unsqueeze", [steps, b.const([1])]),
+                               b.op("Unsqueeze", [last_t, b.const([0])])])            # [T, B]
+            idx = b.op("Expand", [b.op("Unsqueeze", [idx, b.const([2])]), b.op("Shape", [Y])])
+            Y = b.op("GatherElements", [Y, idx], axis=0, name="repeat_last")
+        return ([Y] if Y is not None else []) + states + [last]
+
+    def exact() -> list[str]:
+        Y, states, last = loop.run_cells(ctx, layer, key, X, init=init, mask=ctx.transpose(mask, [1, 0]),
+                                         need_seq=need_seq, zero_output=zero_output)
+        return ([Y] if Y is not None else []) + states + [last]
+
+    outs = if_node(ctx, cond, fast, exact, name="If_right_padded")
+    Y = outs[0] if need_seq else None
+    rest = outs[1:] if need_seq else outs
+    return Y, rest[:-1], rest[-1]
+
+
+def if_node(ctx: LowerCtx, cond: str, then: Callable[[], list[str]], other: Callable[[], list[str]],
+            *, name: str) -> list[str]:
+    """An ONNX If whose branches are emitted by `then` and `other` into subgraphs."""
+    graphs = []
+    n = None
+    for label, fn in (("then", then), ("else", other)):
+        outer = ctx.b
+        sub = GraphBuilder(parent=outer)
+        ctx.b = sub
+        try:
+            outs = fn()
+        finally:
+            ctx.b = outer
+        outs = [sub.op("Identity", [o], name=f"{label}_out{i}") for i, o in enumerate(outs)]
+        n = len(outs)
+        graphs.append(helper.make_graph(sub.nodes, f"{outer.scope}_{label}", [],
+                                        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+                                        initializer=sub.initializers))
+    res = ctx.b.op("If", [cond], outputs=n, then_branch=graphs[0], else_branch=graphs[1], name=name)
+    return [res] if isinstance(res, str) else res
+
+
+def _initial(ctx: LowerCtx, layer: Layer) -> list[str] | None:
+    return [ctx.env[r] for r in layer.initial_state] or None
+
+
+def _lower(strategy: str):
+    def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
+        seqs = layer.config["return_sequences"]
+        X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
+        Y, states, last = run(ctx, layer, layer.name, X, init=_initial(ctx, layer), mask=ctx.mask(layer),
+                              need_seq=seqs, zero_output=False, strategy=strategy)
+        out = {"output": ctx.transpose(Y, [1, 0, 2]) if seqs else last}   # [B, T, u] or [B, u]
+        for port, s in zip(layer.state_ports, states):
+            out[port] = s
+        return out
+    return rule
+
+
+register("recurrent", "native", supports=native.supports)(_lower("native"))
+register("recurrent", "loop", supports=_loop_supports)(_lower("loop"))
+register("recurrent", "unroll", supports=_unroll_supports)(_lower("unroll"))
+
+
+# ---- Bidirectional ------------------------------------------------------------------
+
+def fusable(layer: Layer) -> bool:
+    """Both halves one built-in cell each, same kind and config but direction: one ONNX op."""
+    fwd, bwd = layer.sublayers
+    if len(fwd.cells) != 1 or len(bwd.cells) != 1:
+        return False
+    cf, cb = fwd.cells[0], bwd.cells[0]
+    return (not fwd.config["go_backwards"] and bwd.config["go_backwards"] and cf.kind == cb.kind
+            and cf.units == cb.units and {k: v for k, v in cf.config.items() if "dropout" not in k}
+            == {k: v for k, v in cb.config.items() if "dropout" not in k})
+
+
+def _bidi_supports(layer: Layer, target: str) -> str | None:
+    for half in layer.sublayers:
+        why = native.supports(half, target)
+        if why:
+            return f"{half.name} half: {why}"
+    return None
+
+
+def _merge(ctx: LowerCtx, mode: str | None, yf: str, yb: str) -> dict[str, str]:
+    b = ctx.b
+    if mode is None:
+        return {"forward": b.op("Identity", [yf], name="forward"), "backward": b.op("Identity", [yb], name="backward")}
+    if mode == "concat":
+        return {"output": b.op("Concat", [yf, yb], axis=-1)}
+    if mode == "sum":
+        return {"output": b.op("Add", [yf, yb])}
+    if mode == "mul":
+        return {"output": b.op("Mul", [yf, yb])}
+    return {"output": b.op("Mul", [b.op("Add", [yf, yb]), b.const(np.float32(0.5), dtype="float32")], name="ave")}
+
+
+def _bidi(strategy: str):
+    def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
+        fwd, bwd = layer.sublayers
+        seqs = fwd.config["return_sequences"]
+        X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
+        mask = ctx.mask(layer)
+        if strategy == "native" and mask is None and fusable(layer):
+            return _bidi_fused(ctx, layer, X)
+        halves = {}
+        for half in (fwd, bwd):
+            # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
+            Y, states, last = run(ctx, half, f"{layer.name}/{half.name}", X, init=None, mask=mask,
+                                  need_seq=seqs, zero_output=seqs, strategy=strategy)
+            if seqs:
+                if half.config["go_backwards"]:
+                    Y = ctx.reverse(Y, 0)            # back to input order before merging
+                y = ctx.transpose(Y, [1, 0, 2])      # [B, T, u]
+            else:
+                y = last
+            halves[half.name] = (y, states)
+        out = _merge(ctx, layer.config["merge_mode"], halves["forward"][0], halves["backward"][0])
+        for half in (fwd, bwd):
+            for port, s in zip(half.state_ports, halves[half.name][1]):
+                out[f"{half.name}_{port}"] = s
+        return out
+    return rule
+
+
+def _bidi_fused(ctx: LowerCtx, layer: Layer, X: str) -> dict[str, str]:
+    """Both halves as ONE ONNX op with direction=bidirectional."""
+    b = ctx.b
+    fwd, bwd = layer.sublayers
+    seqs = fwd.config["return_sequences"]
+    cells = [fwd.cells[0], bwd.cells[0]]
+    ws = [native.cell_weights(ctx, f"{layer.name}/{h.name}", h.cells[0]) for h in (fwd, bwd)]
+    Y, Yh, Yc = native.rnn_op(ctx, cells, ws, X, direction="bidirectional", need_y=seqs)
+    u = cells[0].units
+    mode = layer.config["merge_mode"]
+    if seqs:
+        # Y [T, 2, B, u]; both directions in input order
+        if mode == "concat":
+            yt = ctx.transpose(Y, [2, 0, 1, 3])                                       # [B, T, 2, u]
+            out = {"output": b.op("Reshape", [yt, b.const([0, 0, 2 * u])], name="concat")}
+        else:
+            yf, yb = b.op("Split", [Y], outputs=2, axis=1, num_outputs=2)
+            yf, yb = (ctx.transpose(ctx.squeeze(y, 1), [1, 0, 2]) for y in (yf, yb))
+            out = _merge(ctx, mode, yf, yb)
+    else:
+        if mode == "concat":
+            yt = ctx.transpose(Yh, [1, 0, 2])                                          # [B, 2, u]
+            out = {"output": b.op("Reshape", [yt, b.const([0, 2 * u])], name="concat")}
+        else:
+            yf, yb = b.op("Split", [Yh], outputs=2, axis=0, num_outputs=2)
+            out = _merge(ctx, mode, ctx.squeeze(yf, 0), ctx.squeeze(yb, 0))
+    if fwd.state_ports:
+        hs = b.op("Split", [Yh], outputs=2, axis=0, num_outputs=2)
+        cs = b.op("Split", [Yc], outputs=2, axis=0, num_outputs=2) if Yc is not None else None
+        for d, half in enumerate((fwd, bwd)):
+            states = [ctx.squeeze(hs[d], 0)] + ([ctx.squeeze(cs[d], 0)] if cs else [])
+            for port, s in zip(half.state_ports, states):
+                out[f"{half.name}_{port}"] = s
+    return out
+
+
+register("Bidirectional", "native", supports=_bidi_supports)(_bidi("native"))
+register("Bidirectional", "loop", supports=_loop_supports)(_bidi("loop"))
+register("Bidirectional", "unroll", supports=_unroll_supports)(_bidi("unroll"))

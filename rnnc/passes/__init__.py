@@ -1,0 +1,5 @@
+"""Passes over the IR, one per file, run by the pass manager."""
+from .choose_lowering import ChooseLowering
+from .manager import Pass, PassResult, run_passes
+
+__all__ = ["ChooseLowering", "Pass", "PassResult", "run_passes"]

@@ -1,0 +1,71 @@
+"""Choose each layer's lowering and record why (shown by `inspect`).
+
+auto: the native op where it is exact, else the Loop; `unroll: true` with a fixed time
+length unrolls. native: an error that says why when it cannot be exact. loop / unroll:
+as asked."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from ..errors import LoweringError
+from ..ir.graph import Graph, Layer
+from ..spec.yamlsrc import format_path
+from .manager import PassResult
+
+ONNX_OPS = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
+
+
+class ChooseLowering:
+    name = "choose-lowering"
+
+    def __init__(self, *, supports: Callable[[str, str, Layer, str], str | None],
+                 fusable: Callable[[Layer], bool], target: str = "ort"):
+        # supports(kind, strategy, layer, target) -> None or why not: the lowering rules'
+        # own checks, handed in so that passes stay free of onnx.
+        self.supports, self.fusable, self.target = supports, fusable, target
+
+    def run(self, graph: Graph) -> PassResult:
+        layers = {}
+        for layer in graph.layers.values():
+            if not (layer.cells or layer.sublayers):
+                layers[layer.name] = replace(layer, lowering="plain", reason="")
+                continue
+            kind = "Bidirectional" if layer.sublayers else "recurrent"
+            cfg = layer.sublayers[0].config if layer.sublayers else layer.config
+            requested, unroll = cfg["lowering"], cfg["unroll"]
+            where = f"{format_path(layer.path)} ({layer.name})"
+            if requested == "auto" and unroll:
+                requested = "unroll"
+                if not isinstance(layer.time, int):
+                    raise LoweringError(f"{graph.file}:{layer.line}: {where}: unroll: true needs a fixed time length, "
+                                        f"got {layer.time!r}; fix the time dim in `inputs` or drop `unroll`")
+            if requested == "auto":
+                why = self.supports(kind, "native", layer, self.target)
+                if why is None:
+                    layers[layer.name] = replace(layer, lowering="native", reason=self._native_reason(layer))
+                else:
+                    layers[layer.name] = replace(layer, lowering="loop", reason=f"Loop: {why}")
+                continue
+            why = self.supports(kind, requested, layer, self.target)
+            if why is not None:
+                raise LoweringError(f"{graph.file}:{layer.line}: {where}: lowering: {requested} cannot be exact: "
+                                    f"{why}. Use lowering: auto (it picks an exact lowering) or loop")
+            reason = {"native": self._native_reason(layer), "loop": "Loop: requested",
+                      "unroll": f"unroll: requested, time = {layer.time}"}[requested]
+            layers[layer.name] = replace(layer, lowering=requested, reason=reason)
+        out = Graph(graph.name, graph.inputs, layers, graph.outputs, graph.weights, graph.file, graph.seed)
+        return PassResult(out, True)
+
+    def _native_reason(self, layer: Layer) -> str:
+        if layer.sublayers:
+            op = ONNX_OPS[layer.sublayers[0].cells[0].kind] if len(layer.sublayers[0].cells) == 1 else "ops"
+            text = (f"native: one ONNX {op} op, direction=bidirectional" if layer.mask_in is None and self.fusable(layer)
+                    else "native: one ONNX op per half")
+        else:
+            ops = [ONNX_OPS[c.kind] for c in layer.cells]
+            text = f"native: ONNX {ops[0]} op" if len(ops) == 1 else f"native: {len(ops)} stacked ONNX ops ({', '.join(ops)})"
+        if layer.mask_in is not None:
+            text += ("; mask: right-padded batches run it with sequence_lens, others the exact Loop "
+                     "(checked per batch at run time)")
+        return text

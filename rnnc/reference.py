@@ -1,0 +1,174 @@
+"""A NumPy interpreter of the IR: the test oracle for every lowering. It follows Keras 3's
+inference semantics directly (SEMANTICS.md) and shares nothing with rnnc/lower/ but the
+cell equations in rnnc/cells/. Computes in float64, returns float32."""
+from __future__ import annotations
+
+import numpy as np
+
+from .cells.activations import apply as activation
+from .cells.builtin import CELLS, NumpyOps
+from .ir.graph import Graph, Layer
+from .ir.types import Ref
+
+
+def run_reference(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                  *, states: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Evaluate `graph` on `feeds`; returns {output name: array} in the graph's output order."""
+    env: dict[Ref, np.ndarray] = {}
+    for name in graph.inputs:
+        env[Ref(name, "input")] = np.asarray(feeds[name])
+    for layer in graph.layers.values():
+        w = {k.split("/", 1)[1]: v.astype(np.float64) for k, v in weights.items()
+             if k.split("/", 1)[0] == layer.name}
+        outs = _LAYERS[layer.kind](layer, w, env) if layer.kind in _LAYERS else _recurrent_layer(layer, w, env)
+        for port, value in outs.items():
+            env[Ref(layer.name, port)] = value
+    return {o.name: np.asarray(env[o.ref]).astype(np.float32 if env[o.ref].dtype.kind == "f" else env[o.ref].dtype)
+            for o in graph.outputs}
+
+
+def _x(layer: Layer, env: dict) -> np.ndarray:
+    return np.asarray(env[layer.inputs[0]], dtype=np.float64)
+
+
+def _mask(layer: Layer, env: dict) -> np.ndarray | None:
+    return None if layer.mask_in is None else np.asarray(env[layer.mask_in], dtype=bool)
+
+
+def _embedding(layer, w, env):
+    tokens = np.asarray(env[layer.inputs[0]])
+    out = {"output": w["embeddings"][tokens]}
+    if layer.config["mask_zero"]:
+        out["mask"] = tokens != 0
+    return out
+
+
+def _masking(layer, w, env):
+    x = _x(layer, env)
+    keep = np.any(x != layer.config["mask_value"], axis=-1)   # [B, T]
+    return {"output": x * keep[..., None], "mask": keep}
+
+
+def _dense(layer, w, env):
+    y = _x(layer, env) @ w["kernel"]
+    if "bias" in w:
+        y = y + w["bias"]
+    return {"output": activation(layer.config["activation"], y)}
+
+
+def _batchnorm(layer, w, env):
+    x = _x(layer, env)
+    axis = layer.config["axis"] % x.ndim
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    r = lambda k: w[k].reshape(shape)  # noqa: E731
+    y = (x - r("moving_mean")) / np.sqrt(r("moving_variance") + layer.config["epsilon"]) * r("gamma") + r("beta")
+    return {"output": y}
+
+
+def _merge(layer, w, env):
+    xs = [np.asarray(env[r], dtype=np.float64) for r in layer.inputs]
+    k = layer.kind
+    if k == "Concatenate":
+        y = np.concatenate(xs, axis=layer.config["axis"])
+    elif k == "Add":
+        y = sum(xs[1:], xs[0])
+    elif k == "Multiply":
+        y = xs[0]
+        for v in xs[1:]:
+            y = y * v
+    else:
+        y = sum(xs[1:], xs[0]) / len(xs)
+    out = {"output": y}
+    if "mask" in layer.outputs:   # Keras: AND of the inputs' masks
+        masks = [np.asarray(env[m], dtype=bool) for m in layer.config["input_masks"] if m is not None]
+        out["mask"] = np.logical_and.reduce(masks)
+    return out
+
+
+def run_cells(layer: Layer, w: dict, x: np.ndarray, mask: np.ndarray | None,
+              init: list[np.ndarray] | None, *, zero_output_for_mask: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Keras's RNN loop over time. Returns (sequence in processing order, last output, states)."""
+    cfg = layer.config
+    if cfg["go_backwards"]:
+        x = x[:, ::-1]
+        mask = None if mask is None else mask[:, ::-1]
+    batch, steps = x.shape[0], x.shape[1]
+    cells = []
+    for c in layer.cells:
+        p = {k: w[c.prefix + k] for k in c.params}
+        cdef = CELLS[c.kind]
+        cells.append((c, cdef, NumpyOps(cdef.prepare(p, c.units, c.config))))
+    flat = list(init) if init is not None else [np.zeros((batch, *s)) for c in layer.cells for _, s in c.states]
+    states = [np.asarray(s, dtype=np.float64) for s in flat]
+    prev = np.zeros((batch, layer.cells[-1].output_size))
+    outs = []
+    for t in range(steps):
+        inp = x[:, t]
+        new_states: list[np.ndarray] = []
+        i = 0
+        for c, cdef, ops in cells:
+            n = len(c.states)
+            inp, ns = cdef.step(ops, cdef.project(ops, inp, c.units, c.config), tuple(states[i:i + n]), c.units, c.config)
+            new_states += list(ns)
+            i += n
+        out = inp
+        if mask is not None:
+            m = mask[:, t][:, None]
+            out = np.where(m, out, 0.0 if zero_output_for_mask else prev)
+            new_states = [np.where(m, ns, s) for ns, s in zip(new_states, states)]
+        states = new_states
+        prev = out
+        outs.append(out)
+    seq = np.stack(outs, axis=1) if outs else np.zeros((batch, 0, layer.cells[-1].output_size))
+    last = outs[-1] if outs else prev
+    return seq, last, states
+
+
+def _recurrent_layer(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
+    if layer.kind == "Bidirectional":
+        return _bidirectional(layer, w, env)
+    init = [env[r] for r in layer.initial_state] or None
+    seq, last, states = run_cells(layer, w, _x(layer, env), _mask(layer, env), init)
+    out = {"output": seq if layer.config["return_sequences"] else last}
+    for port, s in zip(layer.state_ports, states):
+        out[port] = s
+    return out
+
+
+def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
+    fwd, bwd = layer.sublayers
+    x, mask = _x(layer, env), _mask(layer, env)
+    seqs = fwd.config["return_sequences"]
+    results = {}
+    for half in (fwd, bwd):
+        hw = {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith(half.name + "/")}
+        # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
+        seq, last, states = run_cells(half, hw, x, mask, None, zero_output_for_mask=seqs)
+        y = seq if seqs else last
+        if seqs and half.config["go_backwards"]:
+            y = y[:, ::-1]    # back to input order
+        results[half.name] = (y, states)
+    (yf, sf), (yb, sb) = results["forward"], results["backward"]
+    mode = layer.config["merge_mode"]
+    out: dict[str, np.ndarray] = {}
+    if mode is None:
+        out["forward"], out["backward"] = yf, yb
+    else:
+        out["output"] = {"concat": lambda: np.concatenate([yf, yb], axis=-1), "sum": lambda: yf + yb,
+                         "mul": lambda: yf * yb, "ave": lambda: (yf + yb) / 2}[mode]()
+    for half, states in (("forward", sf), ("backward", sb)):
+        sub = fwd if half == "forward" else bwd
+        for port, s in zip(sub.state_ports, states):
+            if f"{half}_{port}" in layer.outputs:
+                out[f"{half}_{port}"] = s
+    return out
+
+
+_LAYERS = {
+    "Embedding": _embedding, "Masking": _masking, "Dense": _dense, "BatchNormalization": _batchnorm,
+    "Dropout": lambda l, w, env: {"output": _x(l, env)},
+    "Activation": lambda l, w, env: {"output": activation(l.config["activation"], _x(l, env))},
+    "Concatenate": _merge, "Add": _merge, "Multiply": _merge, "Average": _merge,
+}

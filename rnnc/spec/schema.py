@@ -1,0 +1,147 @@
+"""The spec's vocabulary as data: every layer type, its keys, their kinds and defaults
+(Keras 3's names and defaults, SPEC.md's table)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..cells.activations import NAMES as ACTIVATIONS
+
+Check = Callable[[Any], "tuple[bool, Any, str]"]  # (ok, normalized value, expected-text)
+
+
+def _positive_int(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return ok, v, "a positive integer"
+
+
+def _bool(v: Any) -> tuple[bool, Any, str]:
+    return isinstance(v, bool), v, "true or false"
+
+
+def _rate(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+    return ok, float(v) if ok else v, "a number in [0, 1)"
+
+
+def _positive_float(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return ok, float(v) if ok else v, "a positive number"
+
+
+def _float(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return ok, float(v) if ok else v, "a number"
+
+
+def _int(v: Any) -> tuple[bool, Any, str]:
+    return isinstance(v, int) and not isinstance(v, bool), v, "an integer"
+
+
+def _enum(*choices: Any) -> Check:
+    text = "one of " + ", ".join("null" if c is None else str(c) for c in choices)
+
+    def check(v: Any) -> tuple[bool, Any, str]:
+        return v in choices and not isinstance(v, bool), v, text
+
+    return check
+
+
+def _activation(v: Any) -> tuple[bool, Any, str]:
+    return v in ACTIVATIONS, v, "an activation: " + ", ".join(ACTIVATIONS)
+
+
+def _optional_activation(v: Any) -> tuple[bool, Any, str]:
+    if v is None:
+        return True, "linear", ""
+    ok, v, _ = _activation(v)
+    return ok, v, "null or an activation: " + ", ".join(ACTIVATIONS)
+
+
+def _refs(v: Any) -> tuple[bool, Any, str]:
+    if isinstance(v, str):
+        return True, (v,), ""
+    ok = isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v)
+    return ok, tuple(v) if ok else v, "a reference (`layer`, `layer.state_h`, an input name) or a list of them"
+
+
+@dataclass(frozen=True)
+class Key:
+    check: Check
+    default: Any = None
+    required: bool = False
+
+
+LOWERINGS = ("auto", "native", "loop", "unroll")
+
+_CELL_COMMON = {
+    "units": Key(_positive_int, required=True),
+    "activation": Key(_activation, "tanh"),
+    "use_bias": Key(_bool, True),
+    "dropout": Key(_rate, 0.0),
+    "recurrent_dropout": Key(_rate, 0.0),
+}
+CELL_KEYS: dict[str, dict[str, Key]] = {
+    "SimpleRNNCell": dict(_CELL_COMMON),
+    "GRUCell": {**_CELL_COMMON, "recurrent_activation": Key(_activation, "sigmoid"),
+                "reset_after": Key(_bool, True)},
+    "LSTMCell": {**_CELL_COMMON, "recurrent_activation": Key(_activation, "sigmoid"),
+                 "unit_forget_bias": Key(_bool, True)},
+}
+CELL_OF_LAYER = {"SimpleRNN": "SimpleRNNCell", "GRU": "GRUCell", "LSTM": "LSTMCell"}
+LAYER_OF_CELL = {v: k for k, v in CELL_OF_LAYER.items()}
+
+SEQUENCE_KEYS: dict[str, Key] = {
+    "return_sequences": Key(_bool, False),
+    "return_state": Key(_bool, False),
+    "go_backwards": Key(_bool, False),
+    "stateful": Key(_bool, False),
+    "unroll": Key(_bool, False),
+    "initial_state": Key(_refs, None),
+    "lowering": Key(_enum(*LOWERINGS), "auto"),
+}
+
+COMMON_KEYS: dict[str, Key] = {
+    "type": Key(lambda v: (isinstance(v, str), v, "a layer type"), required=True),
+    "name": Key(lambda v: (isinstance(v, str) and v != "" and "/" not in v and "." not in v, v,
+                           "a non-empty name without '/' or '.'")),
+    "input": Key(_refs, None),
+}
+
+LAYER_KEYS: dict[str, dict[str, Key]] = {
+    "Embedding": {"input_dim": Key(_positive_int, required=True),
+                  "output_dim": Key(_positive_int, required=True),
+                  "mask_zero": Key(_bool, False)},
+    "Masking": {"mask_value": Key(_float, 0.0)},
+    **{layer: {**CELL_KEYS[cell], **SEQUENCE_KEYS} for layer, cell in CELL_OF_LAYER.items()},
+    # `cell` is checked by the loader (a cell mapping or a list of them).
+    "RNN": {"cell": Key(lambda v: (True, v, ""), required=True), **SEQUENCE_KEYS},
+    # `layer` / `backward_layer` are nested layer mappings, checked by the loader.
+    "Bidirectional": {"layer": Key(lambda v: (True, v, ""), required=True),
+                      "merge_mode": Key(_enum("concat", "sum", "mul", "ave", None), "concat"),
+                      "backward_layer": Key(lambda v: (True, v, ""), None)},
+    "Dense": {"units": Key(_positive_int, required=True),
+              "activation": Key(_optional_activation, "linear"),
+              "use_bias": Key(_bool, True)},
+    "BatchNormalization": {"epsilon": Key(_positive_float, 0.001), "axis": Key(_int, -1)},
+    "Dropout": {"rate": Key(_rate, required=True)},
+    "Activation": {"activation": Key(_activation, required=True)},
+    "Concatenate": {"axis": Key(_int, -1)},
+    "Add": {},
+    "Multiply": {},
+    "Average": {},
+}
+RECURRENT_LAYERS = ("SimpleRNN", "GRU", "LSTM", "RNN")
+
+# Keras's default layer names (keras.utils.naming: to_snake_case of the class name).
+DEFAULT_NAMES = {
+    "Embedding": "embedding", "Masking": "masking", "SimpleRNN": "simple_rnn", "GRU": "gru",
+    "LSTM": "lstm", "RNN": "rnn", "Bidirectional": "bidirectional", "Dense": "dense",
+    "BatchNormalization": "batch_normalization", "Dropout": "dropout",
+    "Activation": "activation", "Concatenate": "concatenate", "Add": "add",
+    "Multiply": "multiply", "Average": "average",
+}
+
+TOP_KEYS = {"rnnc", "name", "inputs", "layers", "outputs", "weights", "seed", "cells"}
+INPUT_KEYS = {"shape", "dtype"}
+DTYPES = ("float32", "int32", "int64")

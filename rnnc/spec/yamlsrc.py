@@ -1,0 +1,127 @@
+"""Load YAML (or JSON, a subset of YAML) into plain Python data while remembering the line
+of every key, so that errors can point at `file:line` and a key path.
+
+Only YAML's safe constructors are used: a spec is data, and no tag can run code."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import Problem, SpecError
+
+KeyPath = tuple[Any, ...]
+
+
+def format_path(path: KeyPath) -> str:
+    """('layers', 2, 'cell', 'units') -> 'layers[2].cell.units'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top>"
+
+
+@dataclass
+class Source:
+    """A loaded document: its data and the line of every key path."""
+
+    data: Any
+    file: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def line(self, path: KeyPath) -> int | None:
+        """Line of `path`, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+    def data_at(self, path: KeyPath) -> Any:
+        """The raw value at `path`, or None."""
+        node = self.data
+        for part in path:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return node
+
+    def problem(self, path: KeyPath, message: str) -> Problem:
+        return Problem(message, file=self.file, line=self.line(path), path=format_path(path))
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _convert(node: yaml.Node, path: KeyPath, src: Source, problems: list[Problem]) -> Any:
+    src.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _Loader.construct_scalar(_LOADER, key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                problems.append(Problem("expected a string key", file=src.file,
+                                        line=key_node.start_mark.line + 1, path=format_path(path)))
+                continue
+            if key in out:
+                problems.append(Problem(f"duplicate key {key!r}: each key may appear once",
+                                        file=src.file, line=key_node.start_mark.line + 1,
+                                        path=format_path(path + (key,))))
+                continue
+            src.lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _convert(value_node, path + (key,), src, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(v, path + (i,), src, problems) for i, v in enumerate(node.value)]
+    return _LOADER.construct_object(node, deep=True)
+
+
+_LOADER = _Loader("")
+
+
+def load_yaml_text(text: str, file: str) -> Source:
+    """Parse YAML/JSON text. Syntax errors become a SpecError with the line."""
+    src = Source(None, file)
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecError(problems=[Problem(f"not valid YAML: {e.problem or e}", file=file, line=line)]) from None
+    except yaml.YAMLError as e:  # pragma: no cover - other YAML errors carry no mark
+        raise SpecError(problems=[Problem(f"not valid YAML: {e}", file=file)]) from None
+    if node is None:
+        raise SpecError(problems=[Problem("the file is empty: expected a mapping with `rnnc: 1`", file=file)])
+    problems: list[Problem] = []
+    try:
+        src.data = _convert(node, (), src, problems)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise SpecError(problems=[Problem(
+            f"not allowed in a spec: {e.problem or e} (a spec is plain data: mappings, lists, "
+            "strings and numbers; YAML tags are not accepted)",
+            file=file, line=mark.line + 1 if mark else None)]) from None
+    except yaml.YAMLError as e:  # pragma: no cover
+        raise SpecError(problems=[Problem(f"not valid YAML: {e}", file=file)]) from None
+    if problems:
+        raise SpecError(problems=problems)
+    return src
+
+
+def load_yaml_file(path: str | Path) -> Source:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(problems=[Problem("file not found", file=str(p))]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(problems=[Problem(f"cannot read the file: {e}", file=str(p))]) from None
+    return load_yaml_text(text, str(p))

@@ -1,0 +1,5 @@
+"""Weights: Keras-default initializers and weights files."""
+from .init import default_weights
+from .io import check_weights, expected_params, read_weights, save_npz
+
+__all__ = ["default_weights", "check_weights", "expected_params", "read_weights", "save_npz"]

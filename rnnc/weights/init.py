@@ -1,0 +1,84 @@
+"""Keras 3's default initializers, seeded, so a spec without weights is reproducible.
+Each parameter draws from its own generator (seed, key), so adding a layer does not change
+the others' values."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from ..ir.graph import Graph, Layer
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def glorot_uniform(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    fan_in, fan_out = (shape[0], shape[1]) if len(shape) == 2 else (int(np.prod(shape[:-1])), shape[-1])
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def orthogonal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    rows, cols = int(np.prod(shape[:-1])), shape[-1]
+    a = rng.normal(size=(max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return q.reshape(shape)
+
+
+def _recurrent_inits(layer: Layer, prefix: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for cell in layer.cells:
+        for name in cell.params:
+            key = cell.prefix + name
+            init = {"kernel": "glorot_uniform", "recurrent_kernel": "orthogonal"}.get(name, "zeros")
+            if name == "bias" and cell.kind == "LSTM" and cell.config.get("unit_forget_bias", True):
+                init = f"unit_forget_bias:{cell.units}"
+            out[prefix + key] = init
+    return out
+
+
+def initializers(layer: Layer) -> dict[str, str]:
+    """Param key (under `<layer>/`) → Keras default initializer name."""
+    if layer.sublayers:
+        out: dict[str, str] = {}
+        for half in layer.sublayers:
+            out.update(_recurrent_inits(half, f"{half.name}/"))
+        return out
+    if layer.cells:
+        return _recurrent_inits(layer, "")
+    table = {"embeddings": "uniform", "kernel": "glorot_uniform", "bias": "zeros", "gamma": "ones",
+             "beta": "zeros", "moving_mean": "zeros", "moving_variance": "ones"}
+    return {k: table[k] for k in layer.params}
+
+
+def init_param(init: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if init == "glorot_uniform":
+        v = glorot_uniform(shape, rng)
+    elif init == "orthogonal":
+        v = orthogonal(shape, rng)
+    elif init == "uniform":  # keras.initializers.RandomUniform(-0.05, 0.05)
+        v = rng.uniform(-0.05, 0.05, size=shape)
+    elif init == "ones":
+        v = np.ones(shape)
+    elif init.startswith("unit_forget_bias:"):  # zeros, with ones on the forget gate (i f c o)
+        u = int(init.split(":")[1])
+        v = np.zeros(shape)
+        v[u:2 * u] = 1.0
+    else:
+        v = np.zeros(shape)
+    return v.astype(np.float32)
+
+
+def default_weights(graph: Graph, seed: int) -> dict[str, np.ndarray]:
+    weights: dict[str, np.ndarray] = {}
+    for layer in graph.layers.values():
+        inits = initializers(layer)
+        for key, shape in layer.params.items():
+            full = f"{layer.name}/{key}"
+            weights[full] = init_param(inits[key], shape, _rng(seed, full))
+    return weights

@@ -1,0 +1,79 @@
+"""Weights files: .npz (NumPy) and .safetensors, keyed `<layer>/<param>` with Keras's names
+and layouts (SPEC.md, "Weights"). Every mismatch is reported at once."""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import Problem, WeightsError
+from ..ir.graph import Graph
+
+
+def read_weights(path: str | Path) -> dict[str, np.ndarray]:
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(problems=[Problem("weights file not found", file=str(p))])
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+            return dict(load_file(str(p)))
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, Exception) as e:  # noqa: BLE001 - any unreadable file
+        raise WeightsError(problems=[Problem(f"cannot read the weights: {type(e).__name__}: {e}", file=str(p))]) from None
+    raise WeightsError(problems=[Problem(f"expected a .npz or .safetensors file, got {p.suffix or 'no suffix'!r}",
+                                         file=str(p))])
+
+
+def expected_params(graph: Graph) -> dict[str, tuple[int, ...]]:
+    return {f"{l.name}/{k}": s for l in graph.layers.values() for k, s in l.params.items()}
+
+
+def check_weights(graph: Graph, weights: dict[str, np.ndarray], file: str | None) -> dict[str, np.ndarray]:
+    """Check names, shapes and dtypes against the graph; return float32 arrays."""
+    want = expected_params(graph)
+    problems: list[Problem] = []
+    missing = [k for k in want if k not in weights]
+    extra = [k for k in weights if k not in want]
+    if missing:
+        problems.append(Problem(f"missing {len(missing)} weight(s): {', '.join(missing)}", file=file))
+    if extra:
+        problems.append(Problem(f"unexpected {len(extra)} weight(s): {', '.join(extra)} "
+                                f"(expected keys such as {', '.join(list(want)[:4])})", file=file))
+    out: dict[str, np.ndarray] = {}
+    for k, shape in want.items():
+        if k not in weights:
+            continue
+        a = np.asarray(weights[k])
+        if a.dtype.kind not in "fiu":
+            problems.append(Problem(f"{k}: expected a float array, got dtype {a.dtype}", file=file))
+            continue
+        if tuple(a.shape) != tuple(shape):
+            problems.append(Problem(f"{k}: expected shape {list(shape)}, got {list(a.shape)}", file=file))
+            continue
+        if not np.all(np.isfinite(a)):
+            problems.append(Problem(f"{k}: contains NaN or infinite values", file=file))
+            continue
+        out[k] = a.astype(np.float32)
+    if problems:
+        raise WeightsError(problems=problems)
+    return out
+
+
+def save_npz(weights: dict[str, np.ndarray], path: str | Path) -> None:
+    """Write an .npz atomically (a temp file in the same folder, then rename)."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent or ".", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **weights)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,111 @@
+"""Shared test helpers: random weights, random inputs, and the parity check that every
+lowering test uses (ONNX Runtime and onnx.reference against rnnc/reference.py)."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx.reference import ReferenceEvaluator
+
+import rnnc
+from rnnc.ir import Graph
+from rnnc.pipeline import prepare
+from rnnc.reference import run_reference
+from rnnc.spec import load_spec_text
+from rnnc.weights import expected_params
+
+TOL = 1e-5
+RNN_OPS = ("LSTM", "GRU", "RNN")
+
+
+def random_weights(graph: Graph, seed: int = 0, scale: float = 0.4) -> dict[str, np.ndarray]:
+    """Random weights for every parameter, biases and BN statistics included (never zeros)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in expected_params(graph).items():
+        v = rng.normal(0.0, scale, size=shape)
+        if key.endswith("moving_variance"):
+            v = np.abs(v) + 0.5
+        out[key] = v.astype(np.float32)
+    return out
+
+
+def random_feeds(graph: Graph, dims: dict[str, int] | None = None, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    dims = {"batch": 3, "time": 5, **(dims or {})}
+    feeds = {}
+    for name, t in graph.inputs.items():
+        shape = [d if isinstance(d, int) else dims[d] for d in t.dims]
+        if t.dtype.startswith("int"):
+            feeds[name] = rng.integers(1, 20, size=shape).astype(t.dtype)
+        else:
+            feeds[name] = rng.normal(size=shape).astype(np.float32)
+    return feeds
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    """Op types in the model, subgraphs (Loop/If bodies) included."""
+    counts: Counter = Counter()
+
+    def walk(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            counts[n.op_type] += 1
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+    walk(model.graph)
+    return counts
+
+
+def top_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds)))
+
+
+def run_onnx_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ev = ReferenceEvaluator(model)
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ev.run(None, feeds)))
+
+
+def assert_close(got: dict, want: dict, tol: float = TOL, what: str = "") -> None:
+    assert list(got) == list(want), f"{what}: outputs {list(got)} != {list(want)}"
+    for k in want:
+        assert got[k].shape == want[k].shape, f"{what} {k}: shape {got[k].shape} != {want[k].shape}"
+        err = float(np.max(np.abs(got[k].astype(np.float64) - want[k]))) if want[k].size else 0.0
+        assert err <= tol, f"{what} {k}: max abs error {err:.3g} > {tol}"
+
+
+def compile_text(text: str, *, weights: dict | None = None, seed: int = 0, target: str = "ort"):
+    spec = load_spec_text(text, "test.yaml")
+    graph, _ = prepare(spec)
+    w = weights if weights is not None else random_weights(graph, seed)
+    return rnnc.compile_spec(spec, weights=w, target=target)
+
+
+def check_parity(text: str, *, native: int | None = None, loops: int | None = None, feeds=None,
+                 dims: dict | None = None, weights: dict | None = None, target: str = "ort",
+                 onnx_reference: bool = True, tol: float = TOL):
+    """Compile `text`, run it on ONNX Runtime (and onnx.reference), compare with the NumPy
+    reference, and assert the lowering path: `native` RNN-op count and `loops` Loop count."""
+    c = compile_text(text, weights=weights, target=target)
+    onnx.checker.check_model(c.model, full_check=True)
+    feeds = feeds if feeds is not None else random_feeds(c.graph, dims)
+    want = run_reference(c.graph, c.weights, feeds)
+    got = run_ort(c.model, feeds)
+    assert_close(got, want, tol, "onnxruntime")
+    counts = op_counts(c.model)
+    if native is not None:
+        assert sum(counts[o] for o in RNN_OPS) == native, f"native ops: {counts}"
+    if loops is not None:
+        assert counts["Loop"] == loops, f"Loop ops: {counts}"
+    if onnx_reference:
+        assert_close(run_onnx_reference(c.model, feeds), want, tol, "onnx.reference")
+    return c, got, want
