@@ -50,6 +50,7 @@ def metadata(graph: Graph, facts: dict[str, dict]) -> dict[str, Any]:
     for layer in graph.layers.values():
         layers.append({
             "name": layer.name, "kind": layer.kind, "lowering": layer.lowering, "reason": layer.reason,
+            "config": {k: v for k, v in layer.config.items() if isinstance(v, (int, float, str, bool, type(None)))},
             "notes": list(layer.notes), "params": layer.param_count(),
             "outputs": {p: [str(d) if isinstance(d, str) else d for d in t.dims] for p, t in layer.outputs.items()},
             "inputs": [str(r) for r in layer.inputs],

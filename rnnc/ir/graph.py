@@ -51,7 +51,7 @@ class Layer:
 
     @property
     def state_ports(self) -> tuple[str, ...]:
-        return tuple(p for p in self.outputs if p.startswith("state"))
+        return tuple(p for p in self.outputs if p not in ("output", "forward", "backward", "mask"))
 
     def param_count(self) -> int:
         return int(sum(int(np.prod(s)) for s in self.params.values()))

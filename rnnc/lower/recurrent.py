@@ -73,6 +73,7 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
                 to=TensorProto.BOOL, name="right_padded")
 
     def fast() -> list[str]:
+        b = ctx.b   # the branch's builder
         Y, states, last = _native(ctx, layer, key, X, init=init, need_seq=need_seq, seq_lens=lens)
         if Y is not None and not layer.config["go_backwards"] and not zero_output:
             # ONNX writes zeros past each length; Keras repeats the last output:

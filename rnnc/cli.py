@@ -1,0 +1,203 @@
+"""The command line: rnnc compile | check | summary | run.
+
+Every user error prints one clear message (no traceback; --debug shows it) and exits 2,
+with nothing written."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, ModelFileError, RnncError
+
+EXIT_USER = 2
+EXIT_INTERNAL = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = argparse.ArgumentParser(prog="rnnc", parents=[common],
+                                description="Compile Keras-style RNN specs to exact, fast ONNX and run them.")
+    p.add_argument("--version", action="version", version=f"rnnc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("compile", parents=[common], help="compile a spec to an .onnx file")
+    c.add_argument("spec")
+    c.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    c.add_argument("--weights", help="weights (.npz or .safetensors, Keras names and layouts)")
+    c.add_argument("--opset", type=int, default=21, help="ONNX opset (default 21)")
+    c.add_argument("--ir-version", type=int, default=10, help="ONNX IR version (default 10)")
+    c.add_argument("--target", choices=("ort", "portable"), default="ort",
+                   help="ort (default): fastest exact on ONNX Runtime; portable: only ONNX features that "
+                        "onnx.reference also implements")
+
+    for name, text in (("check", "validate a spec (nothing is written)"), ("summary", "print a Keras-like summary")):
+        s = sub.add_parser(name, parents=[common], help=text)
+        s.add_argument("spec")
+        s.add_argument("--weights", help="also check a weights file against the spec")
+
+    r = sub.add_parser("run", parents=[common], help="run a compiled model with ONNX Runtime")
+    r.add_argument("model")
+    r.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input array (.npy); or FILE.npz holding every input by name")
+    r.add_argument("-o", "--output", help="write the outputs to this .npz")
+    r.add_argument("--random", action="store_true", help="smoke run on random inputs: prints shapes and time")
+    r.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of a symbolic dim for --random (default batch=2, time=10, others 4)")
+    r.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda"))
+    r.add_argument("--repeat", type=int, default=10, help="timed runs for --random (default 10)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USER
+    try:
+        return {"compile": cmd_compile, "check": cmd_check, "summary": cmd_summary, "run": cmd_run}[args.command](args)
+    except RnncError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(e.report(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug in rnnc, not in the user's input
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error: {type(e).__name__}: {e}\n(this is a bug in rnnc; run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .emit import save_atomic
+    from .pipeline import compile_spec
+
+    out = Path(args.output)
+    if out.suffix != ".onnx":
+        raise RnncError(f"-o {out}: expected a file name ending in .onnx")
+    if not out.parent.exists():
+        raise RnncError(f"-o {out}: folder {out.parent} does not exist")
+    c = compile_spec(args.spec, weights=args.weights, opset=args.opset, ir_version=args.ir_version,
+                     target=args.target)
+    save_atomic(c.model, out)
+    print(f"wrote {out} (opset {args.opset}, IR {args.ir_version}, {len(c.model.graph.node)} nodes, "
+          f"{c.graph.param_count():,} params)")
+    for layer in c.graph.layers.values():
+        if layer.reason:
+            print(f"  {layer.name}: {layer.reason}")
+        for note in layer.notes:
+            print(f"  {layer.name}: {note}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .pipeline import prepare
+
+    graph, _ = prepare(args.spec, weights=args.weights)
+    print(f"ok: {args.spec} is valid ({len(graph.layers)} layers, {graph.param_count():,} params)")
+    for layer in graph.layers.values():
+        if layer.reason:
+            print(f"  {layer.name}: {layer.reason}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .ir.printer import summary
+    from .pipeline import prepare
+
+    graph, _ = prepare(args.spec, weights=args.weights)
+    print(summary(graph))
+    return 0
+
+
+def _load_inputs(items: list[str]) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep:
+            name, file = "", item
+        p = Path(file)
+        if not p.is_file():
+            raise InputError(f"--input {item}: file {file} not found")
+        try:
+            data = np.load(p, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - not a NumPy file
+            raise InputError(f"--input {item}: cannot read {file} as .npy/.npz: {e}") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                if name:
+                    raise InputError(f"--input {item}: an .npz holds every input by name; pass it as --input {file}")
+                feeds.update({k: data[k] for k in data.files})
+        else:
+            if not name:
+                raise InputError(f"--input {item}: expected NAME=FILE.npy")
+            feeds[name] = data
+    return feeds
+
+
+def _random_inputs(sess, dims_args: list[str]) -> dict[str, np.ndarray]:
+    sizes = {"batch": 2, "time": 10}
+    for d in dims_args:
+        k, _, v = d.partition("=")
+        if not v.isdigit() or int(v) <= 0:
+            raise InputError(f"--dim {d}: expected NAME=SIZE with a positive size")
+        sizes[k] = int(v)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for name in sess.input_names:
+        dtype, dims = sess.input_spec(name)
+        shape = [d if isinstance(d, int) else sizes.get(d, 4) for d in dims]
+        if np.issubdtype(dtype, np.integer):
+            high = min([l["config"]["input_dim"] for l in sess.metadata.get("layers", [])
+                        if l["kind"] == "Embedding" and l.get("inputs") == [name]] or [10])
+            feeds[name] = rng.integers(0, high, size=shape).astype(dtype)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import Session
+    from .weights import save_npz
+
+    if not Path(args.model).is_file():
+        raise ModelFileError(f"model file not found: {args.model}")
+    if args.output and not args.output.endswith(".npz"):
+        raise RnncError(f"-o {args.output}: expected a file name ending in .npz")
+    if args.output and not Path(args.output).parent.exists():
+        raise RnncError(f"-o {args.output}: folder {Path(args.output).parent} does not exist")
+    if not args.random and not args.input:
+        raise InputError(f"no inputs: pass --input NAME=FILE.npy for each input, or --random")
+    sess = Session(args.model, providers=args.providers)
+    feeds = _random_inputs(sess, args.dim) if args.random else _load_inputs(args.input)
+    sess.validate(feeds)
+    outputs = sess.run(feeds)
+    print(f"provider: {sess.provider}" + (f" ({sess.fallback})" if sess.fallback else ""))
+    for name, v in outputs.items():
+        print(f"  {name}: {v.dtype} {tuple(v.shape)}")
+    if args.random:
+        times = []
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            sess.run(feeds)
+            times.append(time.perf_counter() - t0)
+        shape = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+        print(f"time: median {np.median(times) * 1e3:.3f} ms over {len(times)} runs ({shape})")
+    if args.output:
+        save_npz(outputs, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

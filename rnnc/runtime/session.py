@@ -1,0 +1,157 @@
+"""rnnc.Session: an ONNX Runtime session with provider choice (CUDA when present, else the
+CPU) and input validation that names what was expected."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import InputError, ModelFileError, RnncError
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+              "tensor(bool)": np.bool_, "tensor(double)": np.float64}
+
+
+def choose_providers(providers: str | list[str]) -> list[str]:
+    available = ort.get_available_providers()
+    if isinstance(providers, list):
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise RnncError(f"providers {missing} are not available; ONNX Runtime has {available}")
+        return providers
+    if providers == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    if providers == "cpu":
+        return ["CPUExecutionProvider"]
+    if providers == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise RnncError(f"providers=cuda: ONNX Runtime has no CUDAExecutionProvider (it has {available})")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise RnncError(f"providers: expected auto, cpu, cuda or a list, got {providers!r}")
+
+
+class Session:
+    """Run a compiled model. `run({name: array})` returns {output name: array} in the
+    spec's output order."""
+
+    def __init__(self, model: Any, providers: str | list[str] = "auto", *, threads: int | None = None):
+        data, self.path = _model_bytes(model)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        wanted = choose_providers(providers)
+        ort.set_default_logger_severity(4)   # we report provider fallbacks ourselves
+        try:
+            self._sess = ort.InferenceSession(data, sess_options=opts, providers=wanted)
+        except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types
+            raise ModelFileError(f"ONNX Runtime cannot load {self.path or 'the model'}: {e}") from None
+        finally:
+            ort.set_default_logger_severity(2)
+        self.providers: list[str] = self._sess.get_providers()
+        self.fallback: str | None = None
+        if "CUDAExecutionProvider" in wanted and "CUDAExecutionProvider" not in self.providers:
+            self.fallback = ("CUDAExecutionProvider is listed by ONNX Runtime but could not start "
+                             "(CUDA/cuDNN libraries missing or no GPU); running on the CPU")
+        meta = self._sess.get_modelmeta().custom_metadata_map
+        self.metadata: dict[str, Any] = json.loads(meta["rnnc.model"]) if "rnnc.model" in meta else {}
+        self._inputs = {i.name: i for i in self._sess.get_inputs()}
+        self.input_names: list[str] = [i.name for i in self._sess.get_inputs()]
+        self.output_names: list[str] = [o.name for o in self._sess.get_outputs()]
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the model (the first one ONNX Runtime kept)."""
+        return self.providers[0]
+
+    def input_spec(self, name: str) -> tuple[type, list[int | str | None]]:
+        i = self._inputs[name]
+        return ORT_DTYPES.get(i.type, np.float32), list(i.shape)
+
+    def validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        problems: list[str] = []
+        unknown = [k for k in feeds if k not in self._inputs]
+        if unknown:
+            problems.append(f"unknown input(s) {', '.join(map(repr, unknown))}: expected {', '.join(self.input_names)}")
+        missing = [k for k in self.input_names if k not in feeds]
+        if missing:
+            problems.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        out: dict[str, np.ndarray] = {}
+        sizes: dict[str, tuple[int, str]] = {}
+        for name in self.input_names:
+            if name not in feeds:
+                continue
+            a = np.asarray(feeds[name])
+            dtype, dims = self.input_spec(name)
+            shown = "(" + ", ".join(str(d) for d in dims) + ")"
+            if a.dtype != dtype:
+                problems.append(f"input {name!r}: expected dtype {np.dtype(dtype).name}, got {a.dtype.name} "
+                                f"(convert with .astype(np.{np.dtype(dtype).name}))")
+                continue
+            if a.ndim != len(dims):
+                problems.append(f"input {name!r}: expected rank {len(dims)} {shown}, got shape {a.shape}")
+                continue
+            for axis, (want, got) in enumerate(zip(dims, a.shape)):
+                if isinstance(want, int) and want != got:
+                    problems.append(f"input {name!r}: expected size {want} on axis {axis} {shown}, got shape {a.shape}")
+                elif isinstance(want, str):
+                    if want in sizes and sizes[want][0] != got:
+                        first, where = sizes[want]
+                        problems.append(f"input {name!r}: dim {want!r} is {got} on axis {axis}, but {first} in {where}: "
+                                        f"every use of {want!r} must have the same size")
+                    sizes.setdefault(want, (got, f"input {name!r}"))
+            out[name] = a
+            problems += self._check_token_ids(name, a)
+        if problems:
+            raise InputError("; ".join(problems) if len(problems) == 1 else None,
+                             problems=[_P(p) for p in problems] if len(problems) > 1 else None)
+        return out
+
+    def _check_token_ids(self, name: str, a: np.ndarray) -> list[str]:
+        """Token ids feeding an Embedding must lie in [0, input_dim) (ONNX's Gather would
+        silently wrap negative ids)."""
+        out = []
+        for layer in self.metadata.get("layers", []):
+            if layer["kind"] == "Embedding" and layer.get("inputs") == [name] and a.size:
+                n = layer["config"]["input_dim"]
+                lo, hi = int(a.min()), int(a.max())
+                if lo < 0 or hi >= n:
+                    bad = lo if lo < 0 else hi
+                    out.append(f"input {name!r}: token id {bad} is outside [0, {n}) of embedding {layer['name']!r}")
+        return out
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        checked = self.validate(feeds)
+        try:
+            values = self._sess.run(None, checked)
+        except Exception as e:  # noqa: BLE001 - e.g. a token id outside the embedding table
+            raise InputError(f"ONNX Runtime could not run the model on these inputs: {e}") from None
+        return dict(zip(self.output_names, values))
+
+
+class _P:
+    """A problem without a file location (runtime inputs)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _model_bytes(model: Any) -> tuple[bytes, str | None]:
+    if isinstance(model, (str, Path)):
+        p = Path(model)
+        if not p.is_file():
+            raise ModelFileError(f"model file not found: {p}")
+        return p.read_bytes(), str(p)
+    if hasattr(model, "model"):            # rnnc.Compiled
+        model = model.model
+    if hasattr(model, "SerializeToString"):
+        return model.SerializeToString(), None
+    if isinstance(model, bytes):
+        return model, None
+    raise RnncError(f"Session: expected a path, bytes, an onnx.ModelProto or rnnc.Compiled, got {type(model).__name__}")
