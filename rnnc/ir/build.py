@@ -238,8 +238,8 @@ class _Builder:
             # Keras: the merged mask is the AND of the inputs' masks (missing masks are all-true).
             outs["mask"] = TensorType("bool", out.dims[:-1])
             mask_out = Ref(decl.name, "mask")
-        return Layer(**base, outputs=outs, mask_out=mask_out,
-                     config={**decl.config, "input_masks": tuple(masks)})
+        base = {**base, "config": {**decl.config, "input_masks": tuple(masks)}}
+        return Layer(**base, outputs=outs, mask_out=mask_out)
 
     # -- recurrent layers ---------------------------------------------------------
     def cells_of(self, decl: LayerDecl, feat: int) -> tuple[Cell, ...]:

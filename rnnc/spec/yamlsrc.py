@@ -61,8 +61,16 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "seq", "str", "int", "float", "bool", "null")}
+
+
 def _convert(node: yaml.Node, path: KeyPath, src: Source, problems: list[Problem]) -> Any:
     src.lines.setdefault(path, node.start_mark.line + 1)
+    if node.tag not in _PLAIN_TAGS:
+        problems.append(Problem(f"not allowed in a spec: the YAML tag {node.tag!r} (a spec is plain data: "
+                                "mappings, lists, strings, numbers, booleans and null)",
+                                file=src.file, line=node.start_mark.line + 1, path=format_path(path)))
+        return None
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
