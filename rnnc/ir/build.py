@@ -132,6 +132,10 @@ class _Builder:
                 if name in seen:
                     self.fail(d.path, f"output {name!r} is listed twice: expected each output once")
                     continue
+                if name in self.inputs:
+                    self.fail(d.path, f"output {name!r} has the name of a model input: give it its own name, "
+                              f"e.g. outputs: {{{name}_out: {d.ref}}}")
+                    continue
                 seen.add(name)
                 out.append(Output(name, r))
         return out

@@ -1,0 +1,73 @@
+"""rnnc.Session: providers, output order, and input validation with clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rnnc
+from helpers import compile_text
+from rnnc.errors import InputError, ModelFileError, RnncError
+
+TEXT = """rnnc: 1
+inputs:
+  tokens: {shape: [batch, time], dtype: int32}
+  h0: {shape: [batch, 4]}
+layers:
+  - {type: Embedding, name: emb, input: tokens, input_dim: 20, output_dim: 3}
+  - {type: GRU, name: gru, units: 4, initial_state: [h0], return_state: true, return_sequences: true}
+  - {type: Dense, name: dense, units: 2}
+outputs: {logits: dense, state: gru.state}
+"""
+
+
+@pytest.fixture(scope="module")
+def sess():
+    return rnnc.Session(compile_text(TEXT), providers="auto")
+
+
+def feeds(batch=2, time=3):
+    return {"tokens": np.ones((batch, time), np.int32), "h0": np.zeros((batch, 4), np.float32)}
+
+
+def test_names_order_and_provider(sess):
+    assert sess.input_names == ["tokens", "h0"]
+    assert sess.output_names == ["logits", "state"]
+    assert sess.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
+    out = sess.run(feeds())
+    assert list(out) == ["logits", "state"]
+    assert out["logits"].shape == (2, 3, 2) and out["state"].shape == (2, 4)
+
+
+def test_cpu_provider_explicit():
+    s = rnnc.Session(compile_text(TEXT), providers="cpu")
+    assert s.providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"tokens": np.ones((2, 3), np.float32)}, "input 'tokens': expected dtype int32, got float32"),
+    ({"tokens": np.ones((2, 3, 1), np.int32)}, "input 'tokens': expected rank 2 (batch, time), got shape (2, 3, 1)"),
+    ({"h0": np.zeros((2, 5), np.float32)}, "input 'h0': expected size 4 on axis 1 (batch, 4), got shape (2, 5)"),
+    ({"h0": np.zeros((3, 4), np.float32)}, "input 'h0': dim 'batch' is 3 on axis 0, but 2 in input 'tokens'"),
+    ({"tokens": np.full((2, 3), 20, np.int32)}, "token id 20 is outside [0, 20) of embedding 'emb'"),
+    ({"tokens": np.full((2, 3), -1, np.int32)}, "token id -1 is outside [0, 20)"),
+    ({"extra": np.zeros(1)}, "unknown input(s) 'extra': expected tokens, h0"),
+])
+def test_bad_inputs_are_clear_errors(sess, bad, message):
+    with pytest.raises(InputError) as e:
+        sess.run({**feeds(), **bad})
+    assert message in e.value.report()
+
+
+def test_missing_input(sess):
+    with pytest.raises(InputError, match="missing input"):
+        sess.run({"tokens": np.ones((2, 3), np.int32)})
+
+
+def test_bad_model_files(tmp_path):
+    with pytest.raises(ModelFileError, match="model file not found"):
+        rnnc.Session(tmp_path / "none.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    with pytest.raises(ModelFileError, match="ONNX Runtime cannot load"):
+        rnnc.Session(tmp_path / "bad.onnx")
+    with pytest.raises(RnncError, match="providers: expected auto, cpu, cuda"):
+        rnnc.Session(compile_text(TEXT), providers="tpu")
