@@ -355,7 +355,8 @@ class _Builder:
         params = {f"forward/{k}": s for k, s in fwd.params.items()}
         params.update({f"backward/{k}": s for k, s in bwd.params.items()})
         return Layer(**base, outputs=outs, params=params, mask_in=mask, mask_out=mask if seqs else None,
-                     sublayers=(fwd, bwd), notes=fwd.notes + bwd.notes, time=x.dims[1])
+                     sublayers=(fwd, bwd), notes=tuple(dict.fromkeys(fwd.notes + bwd.notes)),
+                     time=x.dims[1])
 
 
 def _cell_keys(cell_type: str) -> set[str]:

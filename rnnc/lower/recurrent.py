@@ -56,10 +56,11 @@ def _native(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | 
     return Y, states, loop._last_h(list(layer.cells), states)
 
 
-def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, mask: str,
-                   need_seq: bool, zero_output: bool) -> Run:
+def right_padded(ctx: LowerCtx, mask: str) -> tuple[str, str, str]:
+    """Per batch, at run time: is every row's mask right-padded and non-empty?
+    Returns (cond: bool scalar, lens [B] int32, steps [T] int64)."""
     b = ctx.b
-    # lens[b] = sum_t mask[b, t];  right_padded = all(mask == (arange(T) < lens[:, None])) and all(lens > 0)
+    # lens[b] = sum_t mask[b, t];  cond = all(mask == (arange(T) < lens[:, None])) and all(lens > 0)
     mask_i = b.op("Cast", [mask], to=TensorProto.INT32)                              # [B, T]
     lens = b.op("ReduceSum", [mask_i, b.const([1])], keepdims=0, name="lens")        # [B] int32
     T = b.op("Gather", [b.op("Shape", [mask]), b.const(1)], axis=0, name="T")
@@ -71,6 +72,12 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
     cond = b.op("Cast", [b.op("Mul", [b.op("ReduceMin", [same, b.const([0, 1])], keepdims=0),
                                       b.op("ReduceMin", [nonempty, b.const([0])], keepdims=0)])],
                 to=TensorProto.BOOL, name="right_padded")
+    return cond, lens, steps
+
+
+def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, mask: str,
+                   need_seq: bool, zero_output: bool) -> Run:
+    cond, lens, steps = right_padded(ctx, mask)
 
     def fast() -> list[str]:
         b = ctx.b   # the branch's builder
@@ -176,40 +183,60 @@ def _merge(ctx: LowerCtx, mode: str | None, yf: str, yb: str) -> dict[str, str]:
 
 def _bidi(strategy: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
-        fwd, bwd = layer.sublayers
-        seqs = fwd.config["return_sequences"]
         X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
         mask = ctx.mask(layer)
-        if strategy == "native" and mask is None and fusable(layer):
-            return _bidi_fused(ctx, layer, X)
-        halves = {}
-        for half in (fwd, bwd):
-            # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
-            Y, states, last = run(ctx, half, f"{layer.name}/{half.name}", X, init=None, mask=mask,
-                                  need_seq=seqs, zero_output=seqs, strategy=strategy)
-            if seqs:
-                if half.config["go_backwards"]:
-                    Y = ctx.reverse(Y, 0)            # back to input order before merging
-                y = ctx.transpose(Y, [1, 0, 2])      # [B, T, u]
-            else:
-                y = last
-            halves[half.name] = (y, states)
-        out = _merge(ctx, layer.config["merge_mode"], halves["forward"][0], halves["backward"][0])
-        for half in (fwd, bwd):
-            for port, s in zip(half.state_ports, halves[half.name][1]):
-                out[f"{half.name}_{port}"] = s
-        return out
+        if strategy == "native" and fusable(layer):
+            if mask is None:
+                return _bidi_fused(ctx, layer, X)
+            # One bidirectional op with sequence_lens for right-padded batches, else the Loops.
+            # Both agree with Keras, whose halves output zeros at masked steps here.
+            cond, lens, _ = right_padded(ctx, mask)
+            ports: list[str] = []
+
+            def fast() -> list[str]:
+                out = _bidi_fused(ctx, layer, X, seq_lens=lens)
+                ports[:] = list(out)
+                return list(out.values())
+
+            def exact() -> list[str]:
+                out = _bidi_halves(ctx, layer, X, mask, "loop")
+                return [out[p] for p in ports]
+
+            return dict(zip(ports, if_node(ctx, cond, fast, exact, name="If_right_padded")))
+        return _bidi_halves(ctx, layer, X, mask, strategy)
     return rule
 
 
-def _bidi_fused(ctx: LowerCtx, layer: Layer, X: str) -> dict[str, str]:
+def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, strategy: str) -> dict[str, str]:
+    fwd, bwd = layer.sublayers
+    seqs = fwd.config["return_sequences"]
+    halves = {}
+    for half in (fwd, bwd):
+        # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
+        Y, states, last = run(ctx, half, f"{layer.name}/{half.name}", X, init=None, mask=mask,
+                              need_seq=seqs, zero_output=seqs, strategy=strategy)
+        if seqs:
+            if half.config["go_backwards"]:
+                Y = ctx.reverse(Y, 0)            # back to input order before merging
+            y = ctx.transpose(Y, [1, 0, 2])      # [B, T, u]
+        else:
+            y = last
+        halves[half.name] = (y, states)
+    out = _merge(ctx, layer.config["merge_mode"], halves["forward"][0], halves["backward"][0])
+    for half in (fwd, bwd):
+        for port, s in zip(half.state_ports, halves[half.name][1]):
+            out[f"{half.name}_{port}"] = s
+    return out
+
+
+def _bidi_fused(ctx: LowerCtx, layer: Layer, X: str, seq_lens: str = "") -> dict[str, str]:
     """Both halves as ONE ONNX op with direction=bidirectional."""
     b = ctx.b
     fwd, bwd = layer.sublayers
     seqs = fwd.config["return_sequences"]
     cells = [fwd.cells[0], bwd.cells[0]]
     ws = [native.cell_weights(ctx, f"{layer.name}/{h.name}", h.cells[0]) for h in (fwd, bwd)]
-    Y, Yh, Yc = native.rnn_op(ctx, cells, ws, X, direction="bidirectional", need_y=seqs)
+    Y, Yh, Yc = native.rnn_op(ctx, cells, ws, X, direction="bidirectional", need_y=seqs, seq_lens=seq_lens)
     u = cells[0].units
     mode = layer.config["merge_mode"]
     if seqs:

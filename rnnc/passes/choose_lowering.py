@@ -60,7 +60,7 @@ class ChooseLowering:
     def _native_reason(self, layer: Layer) -> str:
         if layer.sublayers:
             op = ONNX_OPS[layer.sublayers[0].cells[0].kind] if len(layer.sublayers[0].cells) == 1 else "ops"
-            text = (f"native: one ONNX {op} op, direction=bidirectional" if layer.mask_in is None and self.fusable(layer)
+            text = (f"native: one ONNX {op} op, direction=bidirectional" if self.fusable(layer)
                     else "native: one ONNX op per half")
         else:
             ops = [ONNX_OPS[c.kind] for c in layer.cells]
