@@ -64,10 +64,11 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
         raise RnncError(f"--ir-version: expected 8..{onnx.IR_VERSION}, got {ir_version}")
     graph, w = prepare(spec, weights=weights, target=target)
     builder = GraphBuilder()
-    for name in (*graph.inputs, *(o.name for o in graph.outputs)):
+    for name in (*graph.inputs, *(o.name for o in graph.outputs), *(n for io in graph.state_io() for n in io[1:3])):
         builder.reserve(name)
     ctx = LowerCtx(builder, graph, w, target)
     facts = lower_graph(ctx)
-    model = assemble(graph, builder, ctx.env, facts, opset=opset, ir_version=ir_version, target=target)
+    model = assemble(graph, builder, ctx.env, facts, opset=opset, ir_version=ir_version, target=target,
+                     state_outputs=ctx.state_outputs)
     check(model)
     return Compiled(model, graph, w)

@@ -11,11 +11,13 @@ from .ir.graph import Graph, Layer
 from .ir.types import Ref
 
 
-def run_reference(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
-                  *, states: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Evaluate `graph` on `feeds`; returns {output name: array} in the graph's output order."""
+def run_reference(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+    """Evaluate `graph` on `feeds`; returns {output name: array} in the graph's output order,
+    then each stateful layer's final states `<layer>/<port>_out` (their inputs are in `feeds`
+    as `<layer>/<port>_in`)."""
     env: dict[Ref, np.ndarray] = {}
-    for name in graph.inputs:
+    for name in (*graph.inputs, *(io[1] for io in graph.state_io())):
         env[Ref(name, "input")] = np.asarray(feeds[name])
     for layer in graph.layers.values():
         w = {k.split("/", 1)[1]: v.astype(np.float64) for k, v in weights.items()
@@ -23,8 +25,12 @@ def run_reference(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str,
         outs = _LAYERS[layer.kind](layer, w, env) if layer.kind in _LAYERS else _recurrent_layer(layer, w, env)
         for port, value in outs.items():
             env[Ref(layer.name, port)] = value
-    return {o.name: np.asarray(env[o.ref]).astype(np.float32 if env[o.ref].dtype.kind == "f" else env[o.ref].dtype)
-            for o in graph.outputs}
+    result = {o.name: np.asarray(env[o.ref]).astype(np.float32 if env[o.ref].dtype.kind == "f" else env[o.ref].dtype)
+              for o in graph.outputs}
+    for layer in graph.layers.values():
+        for port, _, name_out, _ in layer.state_io():
+            result[name_out] = env[Ref(layer.name, f"_final_{port}")].astype(np.float32)
+    return result
 
 
 def _x(layer: Layer, env: dict) -> np.ndarray:
@@ -130,10 +136,14 @@ def _recurrent_layer(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     if layer.kind == "Bidirectional":
         return _bidirectional(layer, w, env)
     init = [env[r] for r in layer.initial_state] or None
+    if layer.stateful:
+        init = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()]
     seq, last, states = run_cells(layer, w, _x(layer, env), _mask(layer, env), init)
     out = {"output": seq if layer.config["return_sequences"] else last}
     for port, s in zip(layer.state_ports, states):
         out[port] = s
+    for (port, _), s in zip(layer.states, states):
+        out[f"_final_{port}"] = s
     return out
 
 

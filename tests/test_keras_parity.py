@@ -471,7 +471,7 @@ def test_bidirectional_merge(kind, merge, return_sequences):
     c = bidi(kind, merge, return_sequences=return_sequences, portable=True)
     c.check({"x": rand_x((B, T, F))})
     c.expect(native=1, loops=0)
-    nodes = [n for n in onnx.load_from_string(c.c.model.SerializeToString()).graph.node if n.op_type in RNN_OPS]
+    nodes = [n for n in c.c.model.graph.node if n.op_type in RNN_OPS]
     direction = [a.s.decode() for n in nodes for a in n.attribute if a.name == "direction"]
     assert direction == ["bidirectional"], direction
 
@@ -615,7 +615,10 @@ def test_initial_state_from_inputs_masked():
                      ["lstm", "lstm.states"])
     c = Compiled(keras.Model([x, h0, c0], y), spec, ["lstm", "lstm.state_h", "lstm.state_c"])
     check_all_masks(c, lambda p: {"x": masked_x(p), "h0": rand_x((B, 4), 11), "c0": rand_x((B, 4), 12)})
-    c.expect(masked=True)
+    # Keras 3 passes no mask to a layer called with initial_state (several tensor arguments):
+    # the LSTM runs unmasked, and rnnc does the same (and says so in the layer's notes).
+    c.expect(native=1, loops=0)
+    assert c.counts["If"] == 0
 
 
 @pytest.mark.parametrize("mask_zero", [False, True])
@@ -644,7 +647,8 @@ def test_encoder_decoder(mask_zero):
         for pe, pd in (("right", "left"), ("holes", "right"), ("full", "empty_row_holes")):
             c.check({"encoder_tokens": masked_tokens(pe, 1), "decoder_tokens": masked_tokens(pd, 2)},
                     f"(masks {pe}, {pd})")
-        assert c.counts["If"] >= 2, dict(c.counts)
+        # the encoder is masked; the decoder (called with initial_state) runs unmasked, as in Keras 3
+        assert c.counts["If"] == 1, dict(c.counts)
     else:
         c.check({"encoder_tokens": masked_tokens("full", 1), "decoder_tokens": masked_tokens("full", 2)})
         c.expect(native=2, loops=0)

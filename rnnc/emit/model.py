@@ -21,7 +21,7 @@ MIN_OPSET = 18   # Split(num_outputs), ReduceMax/ReduceSum with axes as input
 
 
 def assemble(graph: Graph, b: GraphBuilder, env: dict, facts: dict[str, dict], *, opset: int, ir_version: int,
-             target: str) -> onnx.ModelProto:
+             target: str, state_outputs: dict[str, str]) -> onnx.ModelProto:
     nodes = list(b.nodes)
     outputs = []
     for out in graph.outputs:
@@ -30,6 +30,11 @@ def assemble(graph: Graph, b: GraphBuilder, env: dict, facts: dict[str, dict], *
         t = graph.type_of(out.ref)
         outputs.append(value_info(out.name, t.dtype, t.dims))
     inputs = [value_info(n, t.dtype, t.dims) for n, t in graph.inputs.items()]
+    # stateful layers: each state is an extra input `<layer>/<port>_in` and output `<layer>/<port>_out`
+    for _, name_in, name_out, dims in graph.state_io():
+        inputs.append(value_info(name_in, "float32", dims))
+        nodes.append(helper.make_node("Identity", [state_outputs[name_out]], [name_out], name=f"output/{name_out}"))
+        outputs.append(value_info(name_out, "float32", dims))
     g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=b.initializers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="rnnc",
                               producer_version=__version__)
@@ -56,7 +61,9 @@ def metadata(graph: Graph, facts: dict[str, dict]) -> dict[str, Any]:
             "inputs": [str(r) for r in layer.inputs],
             "nodes": facts.get(layer.name, {}).get("nodes", []),
         })
-    return {"name": graph.name, "layers": layers,
+    states = [{"layer": l.name, "port": port, "input": i, "output": o, "dims": list(d)}
+              for l in graph.layers.values() for port, i, o, d in l.state_io()]
+    return {"name": graph.name, "layers": layers, "states": states,
             "inputs": list(graph.inputs), "outputs": [o.name for o in graph.outputs]}
 
 

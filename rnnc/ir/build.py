@@ -277,16 +277,25 @@ class _Builder:
             raise self.fail(decl.path + ("input",), f"{decl.type} expects a (batch, time, features) input, got {x} from {r}")
         feat = self.fixed_last(decl, x, decl.type)
         if cfg.get("stateful"):
-            raise self.fail(decl.path + ("stateful",), "stateful: true is not supported by this version of rnnc yet")
+            if not initial:
+                raise self.fail(decl.path + ("stateful",), "stateful: true inside Bidirectional is not supported: "
+                                "a backward half cannot stream (it reads each chunk from its end)")
+            if not isinstance(x.dims[0], int):
+                raise self.fail(decl.path + ("stateful",), f"stateful: true needs a fixed batch size, got {x.dims[0]!r} "
+                                "in the input shape: set the input's first dim to an integer (Keras: batch_size=...)")
+            if cfg.get("initial_state") is not None:
+                raise self.fail(decl.path + ("initial_state",), "initial_state cannot be combined with stateful: true: "
+                                "a stateful layer starts from its carried state (set it with Session.states)")
         cells = self.cells_of(decl, feat)
         batch, time = x.dims[0], x.dims[1]
         last = cells[-1].output_size
         out = TensorType("float32", (batch, time, last) if cfg["return_sequences"] else (batch, last))
         outs: dict[str, TensorType] = {"output": out}
         ports = _state_ports(cells)
+        all_states = tuple((port, (batch, *shape)) for port, (_, shape) in zip(ports, [s for c in cells for s in c.states]))
         if cfg["return_state"]:
-            for port, (_, shape) in zip(ports, [s for c in cells for s in c.states]):
-                outs[port] = TensorType("float32", (batch, *shape))
+            for port, dims in all_states:
+                outs[port] = TensorType("float32", dims)
         params: dict[str, tuple[int, ...]] = {}
         for c in cells:
             params.update({c.prefix + k: s for k, s in c.params.items()})
@@ -310,8 +319,14 @@ class _Builder:
             f"cell {i}: {k}={c.config[k]} ignored at inference" for i, c in enumerate(cells)
             for k in ("dropout", "recurrent_dropout") if decl.type == "RNN" and c.config.get(k))
         mask_out = mask if cfg["return_sequences"] else None
+        if init and mask is not None:
+            # Keras 3 (Layer.__call__) fills in `mask` only for a call with one tensor argument:
+            # a layer called with initial_state runs unmasked, though its output keeps the mask.
+            notes += ("incoming mask not applied: Keras 3 does not pass a mask to a recurrent layer "
+                      "called with initial_state",)
+            mask = None
         return Layer(**base, outputs=outs, params=params, initial_state=init, mask_in=mask,
-                     mask_out=mask_out, cells=cells, notes=notes, time=time)
+                     mask_out=mask_out, cells=cells, notes=notes, time=time, states=all_states)
 
     def bidirectional(self, decl: LayerDecl, base: dict, r: Ref, x: TensorType, mask: Ref | None) -> Layer:
         cfg = decl.config

@@ -39,6 +39,15 @@ class Layer:
     cells: tuple[Cell, ...] = ()            # recurrent layers: the cells, stacked in order
     sublayers: tuple["Layer", ...] = ()     # Bidirectional: (forward, backward)
     time: int | str | None = None           # recurrent layers: the input's time dim
+    states: tuple[tuple[str, tuple[int | str, ...]], ...] = ()  # recurrent: every state (port, dims), returned or not
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.config.get("stateful")) and bool(self.cells)
+
+    def state_io(self) -> list[tuple[str, str, str, tuple[int | str, ...]]]:
+        """A stateful layer's state plumbing: (port, input name, output name, dims)."""
+        return [(p, f"{self.name}/{p}_in", f"{self.name}/{p}_out", d) for p, d in self.states] if self.stateful else []
     lowering: str | None = None             # chosen strategy: native | loop | unroll | plain
     reason: str = ""                        # why that strategy (shown by inspect)
     notes: tuple[str, ...] = ()             # e.g. "dropout ignored at inference"
@@ -94,3 +103,7 @@ class Graph:
 
     def param_count(self) -> int:
         return sum(l.param_count() for l in self.layers.values())
+
+    def state_io(self) -> list[tuple[str, str, str, tuple[int | str, ...]]]:
+        """Every stateful layer's (port, input name, output name, dims), in layer order."""
+        return [io for l in self.layers.values() for io in l.state_io()]

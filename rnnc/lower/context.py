@@ -20,6 +20,7 @@ class LowerCtx:
     weights: dict[str, np.ndarray]
     target: str = "ort"                      # "ort" or "portable"
     env: dict[Ref, str] = field(default_factory=dict)
+    state_outputs: dict[str, str] = field(default_factory=dict)   # stateful: output name -> tensor
 
     def x(self, layer: Layer, i: int = 0) -> str:
         return self.env[layer.inputs[i]]

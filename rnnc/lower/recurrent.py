@@ -133,11 +133,15 @@ def _lower(strategy: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
         seqs = layer.config["return_sequences"]
         X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
-        Y, states, last = run(ctx, layer, layer.name, X, init=_initial(ctx, layer), mask=ctx.mask(layer),
+        # stateful: the carried states come in as graph inputs `<layer>/<port>_in`
+        init = [name for _, name, _, _ in layer.state_io()] or _initial(ctx, layer)
+        Y, states, last = run(ctx, layer, layer.name, X, init=init, mask=ctx.mask(layer),
                               need_seq=seqs, zero_output=False, strategy=strategy)
         out = {"output": ctx.transpose(Y, [1, 0, 2]) if seqs else last}   # [B, T, u] or [B, u]
         for port, s in zip(layer.state_ports, states):
             out[port] = s
+        for (_, _, name, _), s in zip(layer.state_io(), states):     # ... and go out as `<layer>/<port>_out`
+            ctx.state_outputs[name] = s
         return out
     return rule
 
