@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="size of a symbolic dim for --random (default batch=2, time=10, others 4)")
     r.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda"))
     r.add_argument("--repeat", type=int, default=10, help="timed runs for --random (default 10)")
+    r.add_argument("--chunk", type=int, metavar="N",
+                   help="stateful models: stream the inputs through the model N time steps at a time")
     return p
 
 
@@ -166,6 +168,36 @@ def _random_inputs(sess, dims_args: list[str]) -> dict[str, np.ndarray]:
     return feeds
 
 
+def _run_chunked(sess, feeds: dict[str, np.ndarray], chunk: int) -> dict[str, np.ndarray]:
+    """Stream a long sequence through a stateful model, `chunk` steps per call; outputs with
+    a time axis are concatenated, the others come from the last chunk."""
+    if chunk <= 0:
+        raise InputError(f"--chunk: expected a positive number of time steps, got {chunk}")
+    if not sess.stateful:
+        raise InputError("--chunk needs a stateful model (a layer with stateful: true): otherwise each chunk "
+                         "would start from zero states")
+    timed = {n for n in feeds if len(sess.input_spec(n)[1]) > 1 and isinstance(sess.input_spec(n)[1][1], str)}
+    if not timed:
+        raise InputError("--chunk: no input has a symbolic time axis (axis 1) to split")
+    steps = {feeds[n].shape[1] for n in timed}
+    if len(steps) != 1:
+        raise InputError(f"--chunk: the inputs' time lengths differ: {sorted(steps)}")
+    total = steps.pop()
+    time_dims = {sess.input_spec(n)[1][1] for n in timed}
+    out_dims = {o.name: list(o.shape) for o in sess._sess.get_outputs()}
+    parts: dict[str, list[np.ndarray]] = {}
+    n_chunks = -(-total // chunk)
+    for i, start in enumerate(range(0, total, chunk)):
+        part = {n: (a[:, start:start + chunk] if n in timed else a) for n, a in feeds.items()}
+        for name, value in sess.run(part).items():
+            parts.setdefault(name, []).append(value)
+        done = int(30 * (i + 1) / n_chunks)
+        print(f"\rchunk {i + 1}/{n_chunks} [{'#' * done}{'.' * (30 - done)}]", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return {name: (np.concatenate(vs, axis=1) if len(out_dims[name]) > 1 and out_dims[name][1] in time_dims
+                   else vs[-1]) for name, vs in parts.items()}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import Session
     from .weights import save_npz
@@ -181,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sess = Session(args.model, providers=args.providers)
     feeds = _random_inputs(sess, args.dim) if args.random else _load_inputs(args.input)
     sess.validate(feeds)
-    outputs = sess.run(feeds)
+    outputs = _run_chunked(sess, feeds, args.chunk) if args.chunk else sess.run(feeds)
     print(f"provider: {sess.provider}" + (f" ({sess.fallback})" if sess.fallback else ""))
     for name, v in outputs.items():
         print(f"  {name}: {v.dtype} {tuple(v.shape)}")

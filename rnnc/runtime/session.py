@@ -59,8 +59,15 @@ class Session:
         meta = self._sess.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = json.loads(meta["rnnc.model"]) if "rnnc.model" in meta else {}
         self._inputs = {i.name: i for i in self._sess.get_inputs()}
-        self.input_names: list[str] = [i.name for i in self._sess.get_inputs()]
-        self.output_names: list[str] = [o.name for o in self._sess.get_outputs()]
+        # stateful layers: their states are graph inputs/outputs that the session carries
+        self._state_io: list[dict] = self.metadata.get("states", [])
+        state_ins = {s["input"] for s in self._state_io}
+        state_outs = {s["output"] for s in self._state_io}
+        self._all_outputs = [o.name for o in self._sess.get_outputs()]
+        self.input_names: list[str] = [i.name for i in self._sess.get_inputs() if i.name not in state_ins]
+        self.output_names: list[str] = [o for o in self._all_outputs if o not in state_outs]
+        self._states: dict[str, np.ndarray] = {}
+        self.reset_states()
 
     @property
     def provider(self) -> str:
@@ -71,8 +78,47 @@ class Session:
         i = self._inputs[name]
         return ORT_DTYPES.get(i.type, np.float32), list(i.shape)
 
+    # -- stateful models -----------------------------------------------------------------
+    @property
+    def stateful(self) -> bool:
+        return bool(self._state_io)
+
+    @property
+    def states(self) -> dict[str, np.ndarray]:
+        """The carried states, keyed `layer.port` (e.g. `lstm.state_h`); copies."""
+        return {f"{s['layer']}.{s['port']}": self._states[s["input"]].copy() for s in self._state_io}
+
+    @states.setter
+    def states(self, values: Mapping[str, Any]) -> None:
+        self.reset_states(values, _zero_rest=False)
+
+    def reset_states(self, values: Mapping[str, Any] | None = None, *, _zero_rest: bool = True) -> None:
+        """Zero every state, then set the given ones ({`layer.port`: array})."""
+        new = dict(self._states)
+        if _zero_rest or not new:
+            new = {s["input"]: np.zeros(s["dims"], np.float32) for s in self._state_io}
+        by_key = {f"{s['layer']}.{s['port']}": s for s in self._state_io}
+        problems = []
+        for key, value in (values or {}).items():
+            if key not in by_key:
+                problems.append(f"unknown state {key!r}: expected one of {', '.join(by_key) or '(none: not stateful)'}")
+                continue
+            a = np.asarray(value, dtype=np.float32)
+            if list(a.shape) != list(by_key[key]["dims"]):
+                problems.append(f"state {key!r}: expected shape {tuple(by_key[key]['dims'])}, got {a.shape}")
+                continue
+            new[by_key[key]["input"]] = a.copy()
+        if problems:
+            raise InputError(problems[0] if len(problems) == 1 else None,
+                             problems=[_P(p) for p in problems] if len(problems) > 1 else None)
+        self._states = new
+
     def validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         problems: list[str] = []
+        carried = [k for k in feeds if k in self._inputs and k not in self.input_names]
+        if carried:
+            problems.append(f"input(s) {', '.join(map(repr, carried))} are states the session carries: "
+                            "set them with Session.states or reset_states(), not as inputs")
         unknown = [k for k in feeds if k not in self._inputs]
         if unknown:
             problems.append(f"unknown input(s) {', '.join(map(repr, unknown))}: expected {', '.join(self.input_names)}")
@@ -124,12 +170,18 @@ class Session:
         return out
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run on {input name: array}; returns {output name: array}. A stateful model starts
+        from the carried states and keeps its final states for the next call; on any error the
+        states are left untouched."""
         checked = self.validate(feeds)
         try:
-            values = self._sess.run(None, checked)
+            values = self._sess.run(None, {**checked, **self._states})
         except Exception as e:  # noqa: BLE001 - e.g. a token id outside the embedding table
             raise InputError(f"ONNX Runtime could not run the model on these inputs: {e}") from None
-        return dict(zip(self.output_names, values))
+        out = dict(zip(self._all_outputs, values))
+        if self._state_io:
+            self._states = {s["input"]: out[s["output"]] for s in self._state_io}
+        return {k: out[k] for k in self.output_names}
 
 
 class _P:
