@@ -9,7 +9,7 @@ import onnx
 
 from .errors import RnncError
 from .ir import Graph, build_graph
-from .passes import ChooseLowering, run_passes
+from .passes import ChooseLowering, HoistInputProjection, run_passes
 from .spec import Spec, load_spec
 from .weights import check_weights, default_weights, read_weights
 
@@ -37,7 +37,8 @@ def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None
     from .lower import supports
     from .lower.recurrent import fusable
 
-    graph = run_passes(graph, [ChooseLowering(supports=supports, fusable=fusable, target=target)])
+    graph = run_passes(graph, [HoistInputProjection(),
+                               ChooseLowering(supports=supports, fusable=fusable, target=target)])
     return graph, w
 
 
@@ -53,7 +54,9 @@ def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None)
 
 
 def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, opset: int = DEFAULT_OPSET,
-                 ir_version: int = DEFAULT_IR_VERSION, target: str = "ort") -> Compiled:
+                 ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True) -> Compiled:
+    """Compile a spec to an ONNX model. `hoist=False` keeps the input projection inside Loops
+    (for benchmarks)."""
     from .emit import GraphBuilder, assemble, check
     from .emit.model import MIN_OPSET
     from .lower import LowerCtx, lower_graph
@@ -66,7 +69,7 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
     builder = GraphBuilder()
     for name in (*graph.inputs, *(o.name for o in graph.outputs), *(n for io in graph.state_io() for n in io[1:3])):
         builder.reserve(name)
-    ctx = LowerCtx(builder, graph, w, target)
+    ctx = LowerCtx(builder, graph, w, target, hoist=hoist)
     facts = lower_graph(ctx)
     model = assemble(graph, builder, ctx.env, facts, opset=opset, ir_version=ir_version, target=target,
                      state_outputs=ctx.state_outputs)

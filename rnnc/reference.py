@@ -7,6 +7,8 @@ import numpy as np
 
 from .cells.activations import apply as activation
 from .cells.builtin import CELLS, NumpyOps
+from .cells.custom import numpy_node
+from .cells.lang import evaluate
 from .ir.graph import Graph, Layer
 from .ir.types import Ref
 
@@ -92,44 +94,66 @@ def _merge(layer, w, env):
     return out
 
 
-def run_cells(layer: Layer, w: dict, x: np.ndarray, mask: np.ndarray | None,
-              init: list[np.ndarray] | None, *, zero_output_for_mask: bool = False
-              ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Keras's RNN loop over time. Returns (sequence in processing order, last output, states)."""
-    cfg = layer.config
-    if cfg["go_backwards"]:
-        x = x[:, ::-1]
-        mask = None if mask is None else mask[:, ::-1]
-    batch, steps = x.shape[0], x.shape[1]
-    cells = []
+def _cell_steppers(layer: Layer, w: dict) -> list:
+    """Per cell: a function (inputs at t, states) -> (outputs, new states), on NumPy arrays."""
+    out = []
     for c in layer.cells:
         p = {k: w[c.prefix + k] for k in c.params}
-        cdef = CELLS[c.kind]
-        cells.append((c, cdef, NumpyOps(cdef.prepare(p, c.units, c.config))))
+        if c.custom:
+            prog = c.program
+
+            def step(xs, states, prog=prog, p=p):
+                seed = {i: x for (_, i), x in zip(prog.inputs, xs)}
+                seed.update({i: s for (_, i), s in zip(prog.states, states)})
+                seed.update({i: p[n] for n, i in prog.params})
+                vals = evaluate(prog, numpy_node, seed, [*prog.outputs, *prog.next_states])
+                return vals[:len(prog.outputs)], vals[len(prog.outputs):]
+        else:
+            cdef = CELLS[c.kind]
+            ops = NumpyOps(cdef.prepare(p, c.units, c.config))
+
+            def step(xs, states, c=c, cdef=cdef, ops=ops):
+                h, ns = cdef.step(ops, cdef.project(ops, xs[0], c.units, c.config), tuple(states), c.units, c.config)
+                return [h], list(ns)
+        out.append(step)
+    return out
+
+
+def run_cells(layer: Layer, w: dict, xs: list[np.ndarray], mask: np.ndarray | None,
+              init: list[np.ndarray] | None, *, zero_output_for_mask: bool = False
+              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Keras's RNN loop over time. Returns (sequences in processing order, last outputs, states)."""
+    cfg = layer.config
+    if cfg["go_backwards"]:
+        xs = [x[:, ::-1] for x in xs]
+        mask = None if mask is None else mask[:, ::-1]
+    batch, steps = xs[0].shape[0], xs[0].shape[1]
+    steppers = _cell_steppers(layer, w)
     flat = list(init) if init is not None else [np.zeros((batch, *s)) for c in layer.cells for _, s in c.states]
     states = [np.asarray(s, dtype=np.float64) for s in flat]
-    prev = np.zeros((batch, layer.cells[-1].output_size))
-    outs = []
+    shapes = layer.cells[-1].output_shapes
+    prev = [np.zeros((batch, *s)) for s in shapes]
+    seqs: list[list[np.ndarray]] = [[] for _ in shapes]
     for t in range(steps):
-        inp = x[:, t]
+        inp = [x[:, t] for x in xs]
         new_states: list[np.ndarray] = []
         i = 0
-        for c, cdef, ops in cells:
+        for c, step in zip(layer.cells, steppers):
             n = len(c.states)
-            inp, ns = cdef.step(ops, cdef.project(ops, inp, c.units, c.config), tuple(states[i:i + n]), c.units, c.config)
+            inp, ns = step(inp, states[i:i + n])
             new_states += list(ns)
             i += n
         out = inp
         if mask is not None:
-            m = mask[:, t][:, None]
-            out = np.where(m, out, 0.0 if zero_output_for_mask else prev)
-            new_states = [np.where(m, ns, s) for ns, s in zip(new_states, states)]
-        states = new_states
-        prev = out
-        outs.append(out)
-    seq = np.stack(outs, axis=1) if outs else np.zeros((batch, 0, layer.cells[-1].output_size))
-    last = outs[-1] if outs else prev
-    return seq, last, states
+            m = mask[:, t]
+            keep = lambda new, old: np.where(m.reshape(-1, *[1] * (np.ndim(new) - 1)), new, old)  # noqa: E731
+            out = [keep(o, np.zeros_like(o) if zero_output_for_mask else p) for o, p in zip(out, prev)]
+            new_states = [keep(ns, s) for ns, s in zip(new_states, states)]
+        states, prev = new_states, out
+        for k, o in enumerate(out):
+            seqs[k].append(o)
+    seq = [np.stack(s, axis=1) if s else np.zeros((batch, 0, *shape)) for s, shape in zip(seqs, shapes)]
+    return seq, prev, states
 
 
 def _recurrent_layer(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
@@ -138,8 +162,10 @@ def _recurrent_layer(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     init = [env[r] for r in layer.initial_state] or None
     if layer.stateful:
         init = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()]
-    seq, last, states = run_cells(layer, w, _x(layer, env), _mask(layer, env), init)
-    out = {"output": seq if layer.config["return_sequences"] else last}
+    xs = [np.asarray(env[r], dtype=np.float64) for r in layer.inputs]
+    seq, last, states = run_cells(layer, w, xs, _mask(layer, env), init)
+    ys = seq if layer.config["return_sequences"] else last
+    out = dict(zip(layer.main_ports, ys))
     for port, s in zip(layer.state_ports, states):
         out[port] = s
     for (port, _), s in zip(layer.states, states):
@@ -155,8 +181,8 @@ def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     for half in (fwd, bwd):
         hw = {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith(half.name + "/")}
         # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
-        seq, last, states = run_cells(half, hw, x, mask, None, zero_output_for_mask=seqs)
-        y = seq if seqs else last
+        seq, last, states = run_cells(half, hw, [x], mask, None, zero_output_for_mask=seqs)
+        y = seq[0] if seqs else last[0]
         if seqs and half.config["go_backwards"]:
             y = y[:, ::-1]    # back to input order
         results[half.name] = (y, states)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..cells.builtin import CELL_TYPES, CELLS
 from ..errors import Problem, ShapeError, SpecError
+from ..spec.yamlsrc import format_path
 from ..spec.model import CellDecl, LayerDecl, Spec
 from ..spec.schema import CELL_OF_LAYER
 from .graph import Cell, Graph, Layer, Output
@@ -50,9 +51,7 @@ class _Builder:
                     if later else f" Known: {', '.join(known)}.")
             raise self.fail(path, f"unknown reference {text!r}: expected a model input or an earlier layer.{hint}")
         if port in ("", "output"):
-            if "output" not in layer.outputs:  # Bidirectional with merge_mode: null
-                return [Ref(name, "forward"), Ref(name, "backward")]
-            return [Ref(name, "output")]
+            return [Ref(name, p) for p in layer.main_ports]
         if port == "states":
             if not layer.state_ports:
                 raise self.fail(path, f"{text!r}: layer {name!r} has no states (set `return_state: true` on it)")
@@ -76,7 +75,7 @@ class _Builder:
         if r.port == "input":
             return None
         layer = self.layers[r.layer]
-        return layer.mask_out if r.port in ("output", "forward", "backward") else None
+        return layer.mask_out if r.port in layer.main_ports else None
 
     # -- the graph --------------------------------------------------------------
     def build(self) -> Graph:
@@ -96,8 +95,7 @@ class _Builder:
                     ins = prev
                 layer = self.layer(decl, ins)
                 self.layers[layer.name] = layer
-                prev = ([Ref(layer.name, "output")] if "output" in layer.outputs
-                        else [Ref(layer.name, "forward"), Ref(layer.name, "backward")])
+                prev = [Ref(layer.name, p) for p in layer.main_ports]
             except _Fail:
                 self.failed.add(decl.name)
                 prev = None
@@ -114,8 +112,7 @@ class _Builder:
             last = self.spec.layers[-1]
             if last.name in self.failed:
                 return []
-            refs = [Ref(last.name, "output")] if "output" in self.layers[last.name].outputs else \
-                [Ref(last.name, "forward"), Ref(last.name, "backward")]
+            refs = [Ref(last.name, p) for p in self.layers[last.name].main_ports]
             return [Output(str(r), r) for r in refs]
         out: list[Output] = []
         seen: set[str] = set()
@@ -147,6 +144,8 @@ class _Builder:
         line = self.spec.source.line(decl.path)
         base = dict(name=decl.name, kind=t, config=decl.config, inputs=tuple(ins), path=decl.path, line=line)
         merge = t in ("Concatenate", "Add", "Multiply", "Average")
+        if t == "RNN":   # one input, or several for a custom cell with `inputs:`
+            return self.recurrent(decl, base, ins, types, self.mask_of(ins[0]))
         if not merge and len(ins) != 1:
             raise self.fail(decl.path + ("input",), f"a {t} layer takes one input, got {len(ins)}")
         if merge and len(ins) < 2:
@@ -191,7 +190,7 @@ class _Builder:
             return self.merge(decl, base, ins, types)
         if t == "Bidirectional":
             return self.bidirectional(decl, base, ins[0], x, mask)
-        return self.recurrent(decl, base, ins[0], x, mask)
+        return self.recurrent(decl, base, ins, types, mask)
 
     def expect_float(self, decl: LayerDecl, x: TensorType, r: Ref) -> None:
         if x.dtype != "float32":
@@ -246,7 +245,8 @@ class _Builder:
         return Layer(**base, outputs=outs, mask_out=mask_out)
 
     # -- recurrent layers ---------------------------------------------------------
-    def cells_of(self, decl: LayerDecl, feat: int) -> tuple[Cell, ...]:
+    def cells_of(self, decl: LayerDecl, shapes: list[tuple]) -> tuple[Cell, ...]:
+        """The layer's cells, each bound to the per-step shapes it receives."""
         if decl.type in CELL_OF_LAYER:
             decls = [CellDecl(CELL_OF_LAYER[decl.type], {k: decl.config[k] for k in decl.config
                                                          if k in _cell_keys(CELL_OF_LAYER[decl.type])}, decl.path)]
@@ -255,27 +255,74 @@ class _Builder:
             decls = list(decl.config["cell"])
             stacked = isinstance(self.spec.source.data_at(decl.path + ("cell",)), list)
         cells = []
-        size = feat
         for i, cd in enumerate(decls):
+            prefix = f"cells/{i}/" if stacked else ""
+            if i > 0 and len(shapes) != 1:
+                raise self.fail(cd.path, f"cell {i} of a stack takes the previous cell's output, which has "
+                                f"{len(shapes)} parts: only the last cell may have several outputs")
             kind = CELL_TYPES.get(cd.type)
             if kind is None:
-                raise self.fail(cd.path, f"custom cell {cd.type!r}: custom cells are not supported by this "
-                                "version of rnnc yet; expected one of SimpleRNNCell, GRUCell, LSTMCell")
-            cdef = CELLS[kind]
-            u = cd.config["units"]
-            prefix = f"cells/{i}/" if stacked else ""
-            params = cdef.param_shapes(u, size, cd.config)
-            states = tuple((n, (u,)) for n in cdef.state_names)
-            cells.append(Cell(kind, u, dict(cd.config), size, states, u, params, prefix))
-            size = u
+                cell = self.custom_cell(decl, cd, shapes, prefix)
+            else:
+                if len(shapes) == 1 and len(shapes[0]) == 1 and not isinstance(shapes[0][0], int):
+                    raise self.fail(decl.path + ("input",), f"{decl.type} needs a fixed feature size (last dim), "
+                                    f"got {shapes[0][0]!r}")
+                if len(shapes) != 1 or len(shapes[0]) != 1:
+                    where = "the input" if i == 0 else "the previous cell's output"
+                    raise self.fail(decl.path + ("input",) if i == 0 else cd.path,
+                                    f"{cd.type} takes one (batch, time, features) input with a fixed feature size, "
+                                    f"got per-step shape(s) {', '.join(str(list(s)) for s in shapes)} from {where}")
+                cdef = CELLS[kind]
+                u = cd.config["units"]
+                cell = Cell(kind, u, dict(cd.config), shapes[0][0], tuple((n, (u,)) for n in cdef.state_names), u,
+                            cdef.param_shapes(u, shapes[0][0], cd.config), prefix)
+            cells.append(cell)
+            shapes = list(cell.output_shapes)
         return tuple(cells)
 
-    def recurrent(self, decl: LayerDecl, base: dict, r: Ref, x: TensorType, mask: Ref | None,
+    def custom_cell(self, decl: LayerDecl, cd: CellDecl, shapes: list[tuple], prefix: str) -> Cell:
+        from ..cells.custom import CellDefError, bind
+
+        try:
+            bound = bind(cd.type, self.spec.cells[cd.type], cd.config, [tuple(s) for s in shapes])
+        except CellDefError as e:
+            path = (cd.path + e.path[1:] if e.path[:1] == ("@cell",) else
+                    decl.path + ("input",) if e.path[:1] == ("@input",) else e.path)
+            if e.step_pos is None:
+                raise self.fail(path, e.message) from None
+            raise self.step_error(path, e.message, e.step_pos, f"layer {decl.name!r}") from None
+        out = bound.outputs[0][1]
+        return Cell(cd.type, out[0] if len(out) == 1 else 0, dict(bound.attrs), 0, bound.states,
+                    out[0] if len(out) == 1 else 0, bound.params, prefix, inputs=bound.inputs, outputs=bound.outputs,
+                    program=bound.program, inits=bound.inits)
+
+    def step_error(self, path: tuple, message: str, pos: tuple[int, int], used_by: str) -> _Fail:
+        """A step problem, located in the file: line and column of the offending text."""
+        src = self.spec.source
+        line0, col0 = src.starts.get(path, (src.line(path) or 1, 0))
+        line = line0 + pos[0] - 1
+        if pos[0] == 1 and col0:
+            col = col0 + pos[1]
+        else:
+            text = src.text.splitlines()[line - 1] if 0 < line <= len(src.text.splitlines()) else ""
+            col = len(text) - len(text.lstrip()) + pos[1]
+        self.problems.append(Problem(f"column {col + 1}: {message} (in the step, as used by {used_by})",
+                                     file=src.file, line=line, path=format_path(path)))
+        return _Fail()
+
+    def recurrent(self, decl: LayerDecl, base: dict, refs: list[Ref], types: list[TensorType], mask: Ref | None,
                   *, initial: bool = True) -> Layer:
         cfg = decl.config
-        if x.rank != 3:
-            raise self.fail(decl.path + ("input",), f"{decl.type} expects a (batch, time, features) input, got {x} from {r}")
-        feat = self.fixed_last(decl, x, decl.type)
+        for r, x in zip(refs, types):
+            self.expect_float(decl, x, r)
+            if x.rank < 3:
+                raise self.fail(decl.path + ("input",), f"{decl.type} expects a (batch, time, features) input, "
+                                f"got {x} from {r}")
+        x = types[0]
+        for r, other in zip(refs[1:], types[1:]):
+            if other.dims[:2] != x.dims[:2]:
+                raise self.fail(decl.path + ("input",), f"the inputs of {decl.name!r} must share batch and time "
+                                f"dims: {x} from {refs[0]} and {other} from {r}")
         if cfg.get("stateful"):
             if not initial:
                 raise self.fail(decl.path + ("stateful",), "stateful: true inside Bidirectional is not supported: "
@@ -286,11 +333,13 @@ class _Builder:
             if cfg.get("initial_state") is not None:
                 raise self.fail(decl.path + ("initial_state",), "initial_state cannot be combined with stateful: true: "
                                 "a stateful layer starts from its carried state (set it with Session.states)")
-        cells = self.cells_of(decl, feat)
+        cells = self.cells_of(decl, [t.dims[2:] for t in types])
         batch, time = x.dims[0], x.dims[1]
-        last = cells[-1].output_size
-        out = TensorType("float32", (batch, time, last) if cfg["return_sequences"] else (batch, last))
-        outs: dict[str, TensorType] = {"output": out}
+        outs: dict[str, TensorType] = {}
+        shapes = cells[-1].output_shapes
+        for k, shape in enumerate(shapes):
+            port = "output" if len(shapes) == 1 else f"output_{k}"
+            outs[port] = TensorType("float32", (batch, time, *shape) if cfg["return_sequences"] else (batch, *shape))
         ports = _state_ports(cells)
         all_states = tuple((port, (batch, *shape)) for port, (_, shape) in zip(ports, [s for c in cells for s in c.states]))
         if cfg["return_state"]:
@@ -347,9 +396,12 @@ class _Builder:
                 raise self.fail(back_decl.path + ("go_backwards",), "backward_layer must have go_backwards opposite "
                                 f"to layer's (expected {not inner.config['go_backwards']})")
         fwd = self.recurrent(inner, dict(base, name="forward", kind=inner.type, config=inner.config, path=inner.path),
-                             r, x, mask, initial=False)
+                             [r], [x], mask, initial=False)
         bwd = self.recurrent(back_decl, dict(base, name="backward", kind=back_decl.type, config=back_decl.config,
-                                             path=back_decl.path), r, x, mask, initial=False)
+                                             path=back_decl.path), [r], [x], mask, initial=False)
+        if "output" not in fwd.outputs or "output" not in bwd.outputs:
+            raise self.fail(decl.path + ("layer",), "Bidirectional needs a layer with one output per step: "
+                            "its cell has several")
         seqs = inner.config["return_sequences"]
         f_out, b_out = fwd.outputs["output"], bwd.outputs["output"]
         mode = cfg["merge_mode"]

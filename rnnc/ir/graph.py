@@ -23,6 +23,20 @@ class Cell:
     output_size: int
     params: dict[str, tuple[int, ...]]      # param name -> shape (keys without the prefix)
     prefix: str = ""                        # where its params sit under the layer: "cells/1/"
+    # custom cells (rnnc/cells/custom.py)
+    inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()   # per-step input shapes
+    outputs: tuple[tuple[str, tuple[int, ...]], ...] = ()  # per-step output shapes
+    program: Any = None                     # the parsed step (rnnc.cells.lang.Program)
+    inits: dict[str, str] = field(default_factory=dict)
+    hoisted: frozenset[int] = frozenset()   # step nodes computed for all steps before the loop
+
+    @property
+    def custom(self) -> bool:
+        return self.program is not None
+
+    @property
+    def output_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(s for _, s in self.outputs) if self.custom else ((self.units,),)
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,18 @@ class Layer:
 
     @property
     def state_ports(self) -> tuple[str, ...]:
-        return tuple(p for p in self.outputs if p not in ("output", "forward", "backward", "mask"))
+        return tuple(p for p in self.outputs if p not in ("output", "forward", "backward", "mask")
+                     and not p.startswith("output_"))
+
+    @property
+    def main_ports(self) -> tuple[str, ...]:
+        """The ports a bare reference to the layer names: its output, the outputs of a cell
+        with several outputs, or the halves of a Bidirectional with merge_mode null."""
+        if "output" in self.outputs:
+            return ("output",)
+        if "forward" in self.outputs:
+            return ("forward", "backward")
+        return tuple(p for p in self.outputs if p.startswith("output_"))
 
     def param_count(self) -> int:
         return int(sum(int(np.prod(s)) for s in self.params.values()))

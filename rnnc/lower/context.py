@@ -19,6 +19,7 @@ class LowerCtx:
     graph: Graph
     weights: dict[str, np.ndarray]
     target: str = "ort"                      # "ort" or "portable"
+    hoist: bool = True                       # hoist input-only work out of Loops
     env: dict[Ref, str] = field(default_factory=dict)
     state_outputs: dict[str, str] = field(default_factory=dict)   # stateful: output name -> tensor
 

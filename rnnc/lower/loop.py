@@ -1,11 +1,12 @@
 """Loop lowering: a recurrent layer's cells → an ONNX Loop over time whose body is built
-from the cell equations in rnnc/cells/ (the same code the reference interpreter runs).
+from the cell equations (rnnc/cells/: built-in cells' equations, or a custom cell's parsed
+step), the same equations the reference interpreter runs.
 
-The input projection (x @ W + b) of the first cell is hoisted out of the Loop and computed
-for all steps with one MatMul; the body does only the recurrent part. Masks are exact:
-at a masked step the states keep their values and the output repeats the previous one
-(or is zero, for Bidirectional with return_sequences), as Keras does.
-`unroll` emits the same body once per step, as a straight-line graph."""
+What depends on the step input only is hoisted out of the Loop and computed for all steps
+at once (built-in cells: x @ W + b, one MatMul; custom cells: the nodes the hoisting pass
+marked); the body does only the recurrent part. Masks are exact: at a masked step the states
+keep their values and the outputs repeat the previous ones (or are zero, for Bidirectional
+with return_sequences), as Keras does. `unroll` emits the same body once per step."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,14 +15,15 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..cells.builtin import CELLS
+from ..cells.lang import evaluate
 from ..emit.builder import GraphBuilder
 from ..ir.graph import Cell, Layer
-from . import activations
+from . import activations, cellops
 from .context import LowerCtx
 
 
 class OnnxOps:
-    """The cell op interface (see rnnc/cells/builtin.py) emitting ONNX nodes."""
+    """The built-in cells' op interface (see rnnc/cells/builtin.py) emitting ONNX nodes."""
 
     def __init__(self, b: GraphBuilder, params: dict[str, str]):
         self.b, self.params = b, params
@@ -53,136 +55,186 @@ class OnnxOps:
         return self.b.op("Split", [x, self.b.const(list(n))], outputs=len(n), axis=-1)
 
 
-def cell_params(ctx: LowerCtx, layer_key: str, cell: Cell) -> dict[str, str]:
-    """The cell's prepared parameters as initializers of the main graph."""
-    raw = {k: ctx.w(layer_key, cell.prefix + k).astype(np.float64) for k in cell.params}
-    prepared = CELLS[cell.kind].prepare(raw, cell.units, cell.config)
-    return {k: ctx.b.initializer(f"{cell.prefix.replace('/', '_')}{k}", v.astype(np.float32))
-            for k, v in prepared.items()}
+class Runner:
+    """One cell in the Loop: `project` (the hoistable part, on inputs with `lead` leading
+    axes) and `step` (the recurrent part, per time step)."""
+
+    def __init__(self, ctx: LowerCtx, layer_key: str, cell: Cell, *, hoist: bool):
+        self.cell, self.hoist = cell, hoist
+        raw = {k: ctx.w(layer_key, cell.prefix + k) for k in cell.params}
+        tag = cell.prefix.replace("/", "_")
+        if cell.custom:
+            self.params = {k: ctx.b.initializer(f"{tag}{k}", v.astype(np.float32)) for k, v in raw.items()}
+            prog = cell.program
+            hoisted = cell.hoisted if hoist else frozenset()
+            # the values the body needs from outside: hoisted nodes (or inputs) read by the rest
+            body = [n for n in prog.nodes if n.id not in hoisted and n.op not in ("input", "param")]
+            reads = {a for n in body for a in n.args} | set(prog.outputs) | set(prog.next_states)
+            self.frontier = [n.id for n in prog.nodes if n.id in reads and (n.id in hoisted or n.op == "input")]
+        else:
+            cdef = CELLS[cell.kind]
+            prepared = cdef.prepare({k: v.astype(np.float64) for k, v in raw.items()}, cell.units, cell.config)
+            self.params = {k: ctx.b.initializer(f"{tag}{k}", v.astype(np.float32)) for k, v in prepared.items()}
+
+    def project(self, b: GraphBuilder, xs: list[str], lead: int) -> list[tuple[str, bool]]:
+        """(value, per_step) pairs: per-step values are indexed by t inside the Loop."""
+        c = self.cell
+        if not c.custom:
+            cdef = CELLS[c.kind]
+            if not self.hoist and lead:
+                return [(xs[0], True)]
+            return [(cdef.project(OnnxOps(b, self.params), xs[0], c.units, c.config), True)]
+        prog = c.program
+        seed: dict[int, Any] = {i: x for (_, i), x in zip(prog.inputs, xs)}
+        seed.update({i: self.params[n] for n, i in prog.params})
+        vals = evaluate(prog, lambda n, a: cellops.emit(b, n, a, lead), seed, self.frontier)
+        return [(v, prog.nodes[i].batched) for i, v in zip(self.frontier, vals)]
+
+    def step(self, b: GraphBuilder, projected: list[str], states: list[str]) -> tuple[list[str], list[str]]:
+        c = self.cell
+        if not c.custom:
+            cdef = CELLS[c.kind]
+            ops = OnnxOps(b, self.params)
+            xp = projected[0] if self.hoist else cdef.project(ops, projected[0], c.units, c.config)
+            h, ns = cdef.step(ops, xp, tuple(states), c.units, c.config)
+            return [h], list(ns)
+        prog = c.program
+        seed: dict[int, Any] = dict(zip(self.frontier, projected))
+        seed.update({i: s for (_, i), s in zip(prog.states, states)})
+        seed.update({i: self.params[n] for n, i in prog.params})
+        vals = evaluate(prog, lambda n, a: cellops.emit(b, n, a, 0), seed, [*prog.outputs, *prog.next_states])
+        k = len(prog.outputs)
+        return [_fresh_if_shared(b, v, seed) for v in vals[:k]], [_fresh_if_shared(b, v, seed) for v in vals[k:]]
 
 
-def _step(ops_main: OnnxOps, ops_cells: list[OnnxOps], cells: list[Cell], xp0: str, states: list[str]
-          ) -> tuple[str, list[str]]:
-    """One time step through the stacked cells. xp0: the first cell's hoisted projection."""
+def _fresh_if_shared(b: GraphBuilder, v: str, seed: dict) -> str:
+    """A body output must be a value the body computes (not a body input passed through)."""
+    return b.op("Identity", [v]) if v in seed.values() else v
+
+
+def _steps(b: GraphBuilder, runners: list[Runner], projected: list[str], states: list[str]
+           ) -> tuple[list[str], list[str]]:
+    """One time step through the stacked cells."""
     new: list[str] = []
-    inp, si = "", 0
-    for i, (cell, ops) in enumerate(zip(cells, ops_cells)):
-        cdef = CELLS[cell.kind]
-        xp = xp0 if i == 0 else cdef.project(ops, inp, cell.units, cell.config)
-        n = len(cell.states)
-        inp, ns = cdef.step(ops, xp, tuple(states[si:si + n]), cell.units, cell.config)
-        new += list(ns)
+    outs: list[str] = []
+    si = 0
+    for i, r in enumerate(runners):
+        n = len(r.cell.states)
+        inp = projected if i == 0 else [v for v, _ in r.project(b, outs, 0)]
+        outs, ns = r.step(b, inp, states[si:si + n])
+        new += ns
         si += n
-    return inp, new
+    return outs, new
 
 
-def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, X: str, *, init: list[str] | None,
-              mask: str | None, need_seq: bool, zero_output: bool, unroll: int | None = None
-              ) -> tuple[str | None, list[str], str]:
-    """Run the layer's cells over X [T, B, in] (input order) in Keras's processing order.
+def _zeros(b: GraphBuilder, batch: str, shape: tuple[int, ...]) -> str:
+    dims = b.op("Concat", [batch, b.const(list(shape))], axis=0) if shape else batch
+    return b.op("ConstantOfShape", [dims], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]), name="zeros")
+
+
+def _keep(b: GraphBuilder, m: str, new: str, old: str, rank: int, cache: dict[int, str]) -> str:
+    """where(mask, new, old) with the [B] mask broadcast over a value of `rank` axes."""
+    if rank not in cache:
+        cache[rank] = b.op("Unsqueeze", [m, b.const(list(range(1, rank)))], name="m_t") if rank > 1 else m
+    return b.op("Where", [cache[rank], new, old])
+
+
+def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, init: list[str] | None,
+              mask: str | None, need_seq: bool, zero_output: bool, unroll: int | None = None, hoist: bool = True
+              ) -> tuple[list[str] | None, list[str], list[str]]:
+    """Run the layer's cells over Xs (each [T, B, ...], input order) in Keras's processing order.
     mask: [T, B] bool in input order, or None.
-    Returns (sequence [T, B, u] in processing order or None, final states [B, ...], last output [B, u])."""
+    Returns (sequences [T, B, ...] in processing order or None, final states, last outputs)."""
     b = ctx.b
     cells = list(layer.cells)
     if layer.config["go_backwards"]:
-        X = ctx.reverse(X, 0)
+        Xs = [ctx.reverse(X, 0) for X in Xs]
         mask = ctx.reverse(mask, 0) if mask is not None else None
-    params = [cell_params(ctx, layer_key, c) for c in cells]
-    first = CELLS[cells[0].kind]
-    # Hoisted: XP = X @ W + b for every step at once                      # [T, B, G*u]
-    XP = first.project(OnnxOps(b, params[0]), X, cells[0].units, cells[0].config)
-    # Initial states: given, or zeros shaped [B, u] from X's batch dim.
-    if init:
-        states0 = list(init)
-    else:
-        batch = b.op("Slice", [b.op("Shape", [X]), b.const([1]), b.const([2])], name="batch")   # [1]
-        states0 = []
-        for c in cells:
-            for _, shape in c.states:
-                dims = b.op("Concat", [batch, b.const(list(shape))], axis=0)
-                states0.append(b.op("ConstantOfShape", [dims], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
-                                    name="zeros"))
-    units_out = cells[-1].output_size
-    carry_out = mask is not None
-    if carry_out:   # the previous output, repeated at masked steps
-        batch = b.op("Slice", [b.op("Shape", [X]), b.const([1]), b.const([2])], name="batch")
-        prev0 = b.op("ConstantOfShape", [b.op("Concat", [batch, b.const([units_out])], axis=0)],
-                     value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]), name="zeros")
+    runners = [Runner(ctx, layer_key, c, hoist=hoist) for c in cells]
+    projected = runners[0].project(b, Xs, lead=1)        # hoisted: for every step at once
+    batch = b.op("Slice", [b.op("Shape", [Xs[0]]), b.const([1]), b.const([2])], name="batch")   # [1]
+    states0 = list(init) if init else [_zeros(b, batch, s) for c in cells for _, s in c.states]
+    state_ranks = [1 + len(s) for c in cells for _, s in c.states]
+    out_shapes = list(cells[-1].output_shapes)
+    # the previous outputs ride along as loop state when a mask may repeat them, and for custom
+    # cells, whose outputs need not be states
+    carry = mask is not None or cells[-1].custom
+    prev0 = [_zeros(b, batch, s) for s in out_shapes] if carry else []
     if unroll is not None:
-        return _unrolled(ctx, cells, params, XP, mask, states0, prev0 if carry_out else None, need_seq,
+        return _unrolled(ctx, runners, projected, mask, states0, prev0, state_ranks, out_shapes, need_seq,
                          zero_output, unroll)
 
     body = GraphBuilder(parent=b)
-    it = body.fresh("t")
-    cond_in = body.fresh("cond_in")
+    it, cond_in = body.fresh("t"), body.fresh("cond_in")
     s_in = [body.fresh(f"state{i}_in") for i in range(len(states0))]
-    p_in = body.fresh("prev_in") if carry_out else None
-    ops_cells = [OnnxOps(body, p) for p in params]
-    xp_t = body.op("Gather", [XP, it], axis=0, name="xp_t")                 # [B, G*u]
-    out, new = _step(ops_cells[0], ops_cells, cells, xp_t, s_in)
-    if carry_out:
-        m = body.op("Unsqueeze", [body.op("Gather", [mask, it], axis=0), body.const([1])], name="m_t")  # [B, 1]
-        # masked step: keep the states; repeat the previous output (zeros for zero_output)
-        new = [body.op("Where", [m, n, s]) for n, s in zip(new, s_in)]
-        zeros = body.op("Mul", [out, body.const(np.float32(0.0), dtype="float32")]) if zero_output else p_in
-        out = body.op("Where", [m, out, zeros], name="out_t")
-    cond_out = body.op("Identity", [cond_in], name="cond_out")
-    body_outs = [cond_out, *new]
-    if carry_out:
-        body_outs.append(out)
+    p_in = [body.fresh(f"prev{i}_in") for i in range(len(prev0))]
+    step_vals = [body.op("Gather", [v, it], axis=0, name="x_t") if per_step else v for v, per_step in projected]
+    outs, new = _steps(body, runners, step_vals, s_in)
+    if mask is not None:
+        m = body.op("Gather", [mask, it], axis=0, name="mask_t")                          # [B]
+        cache: dict[int, str] = {}
+        # masked step: keep the states; repeat the previous outputs (zeros for zero_output)
+        new = [_keep(body, m, n, s, r, cache) for n, s, r in zip(new, s_in, state_ranks)]
+        outs = [_keep(body, m, o, body.op("Mul", [o, body.const(np.float32(0.0), dtype="float32")])
+                      if zero_output else p, 1 + len(shape), cache)
+                for o, p, shape in zip(outs, p_in, out_shapes)]
+    body_outs = [body.op("Identity", [cond_in], name="cond_out"), *new, *(outs if carry else [])]
     if need_seq:
-        # Scan outputs are emitted flat ([B*u] per step): ONNX Runtime stacks them and
+        # Scan outputs are emitted flat ([B * size] per step): ONNX Runtime stacks them and
         # onnx.reference concatenates them, which agree only for 1-D values.
-        body_outs.append(body.op("Reshape", [out, body.const([-1])], name="y_t"))
+        body_outs += [body.op("Reshape", [o, body.const([-1])], name="y_t") for o in outs]
     f32 = TensorProto.FLOAT
     g = helper.make_graph(
         body.nodes, f"{b.scope}_body",
         [helper.make_tensor_value_info(it, TensorProto.INT64, []),
          helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         *[helper.make_tensor_value_info(s, f32, None) for s in s_in],
-         *([helper.make_tensor_value_info(p_in, f32, None)] if carry_out else [])],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         *[helper.make_tensor_value_info(s, f32, None) for s in (*s_in, *p_in)]],
+        [helper.make_tensor_value_info(body_outs[0], TensorProto.BOOL, []),
          *[helper.make_tensor_value_info(s, f32, None) for s in body_outs[1:]]],
         initializer=body.initializers)
-    # Trip count from X's shape (never from data): T = Shape(X)[0]. The condition is an
-    # explicit true (onnx.reference does not run a Loop whose condition is omitted).
-    trip = b.op("Slice", [b.op("Shape", [X]), b.const([0]), b.const([1])], name="T")
-    trip = b.op("Squeeze", [trip, b.const([0])], name="trip_count")
-    loop_ins = [trip, b.const(True, dtype="bool"), *states0, *([prev0] if carry_out else [])]
-    n_out = len(states0) + int(carry_out) + int(need_seq)
-    outs = b.op("Loop", loop_ins, outputs=n_out, body=g, name="Loop")
-    outs = [outs] if isinstance(outs, str) else outs
-    final = outs[:len(states0)]
-    last = outs[len(states0)] if carry_out else _last_h(cells, final)
-    seq = b.op("Reshape", [outs[-1], b.const([0, -1, units_out])], name="seq") if need_seq else None  # [T, B, u]
-    return seq, final, last
+    # Trip count from the input's shape (never from data): T = Shape(X)[0]. The condition is
+    # an explicit true (onnx.reference does not run a Loop whose condition is omitted).
+    trip = b.op("Squeeze", [b.op("Slice", [b.op("Shape", [Xs[0]]), b.const([0]), b.const([1])], name="T"),
+                            b.const([0])], name="trip_count")
+    res = b.op("Loop", [trip, b.const(True, dtype="bool"), *states0, *prev0], outputs=len(body_outs) - 1,
+               body=g, name="Loop")
+    res = [res] if isinstance(res, str) else res
+    final = res[:len(states0)]
+    lasts = res[len(states0):len(states0) + len(prev0)] if carry else last_h(cells, final)
+    seqs = None
+    if need_seq:
+        flat = res[len(states0) + len(prev0):]
+        seqs = [b.op("Reshape", [f, b.const([0, -1, *shape])], name="seq") for f, shape in zip(flat, out_shapes)]
+    return seqs, final, lasts
 
 
-def _last_h(cells: list[Cell], states: list[str]) -> str:
-    """The last cell's output is its first state (h)."""
-    return states[len(states) - len(cells[-1].states)]
+def last_h(cells: list[Cell], states: list[str]) -> list[str]:
+    """A built-in cell's output is its first state (h)."""
+    return [states[len(states) - len(cells[-1].states)]]
 
 
-def _unrolled(ctx: LowerCtx, cells: list[Cell], params: list[dict[str, str]], XP: str, mask: str | None,
-              states: list[str], prev: str | None, need_seq: bool, zero_output: bool, steps: int
-              ) -> tuple[str | None, list[str], str]:
+def _unrolled(ctx: LowerCtx, runners: list[Runner], projected: list[tuple[str, bool]], mask: str | None,
+              states: list[str], prev: list[str], state_ranks: list[int], out_shapes: list[tuple[int, ...]],
+              need_seq: bool, zero_output: bool, steps: int) -> tuple[list[str] | None, list[str], list[str]]:
     b = ctx.b
-    ops_cells = [OnnxOps(b, p) for p in params]
-    xps = b.op("Split", [XP], outputs=steps, axis=0, num_outputs=steps) if steps > 1 else [XP]
-    masks = (b.op("Split", [mask], outputs=steps, axis=0, num_outputs=steps) if steps > 1 else [mask]) \
-        if mask is not None else None
-    ys = []
-    out = prev
+
+    def per_step(v: str) -> list[str]:
+        parts = b.op("Split", [v], outputs=steps, axis=0, num_outputs=steps) if steps > 1 else [v]
+        return [ctx.squeeze(p, 0) for p in parts]
+
+    split = [per_step(v) if ps else [v] * steps for v, ps in projected]
+    masks = per_step(mask) if mask is not None else None
+    ys: list[list[str]] = [[] for _ in out_shapes]
+    outs = prev
     for t in range(steps):
-        xp_t = ctx.squeeze(xps[t], 0)
-        o, new = _step(ops_cells[0], ops_cells, cells, xp_t, states)
+        o, new = _steps(b, runners, [s[t] for s in split], states)
         if masks is not None:
-            m = ctx.transpose(masks[t], [1, 0])                           # [B, 1]
-            new = [b.op("Where", [m, n, s]) for n, s in zip(new, states)]
-            other = b.op("Mul", [o, b.const(np.float32(0.0), dtype="float32")]) if zero_output else out
-            o = b.op("Where", [m, o, other])
-        states, out = new, o
-        ys.append(ctx.unsqueeze(o, 0))
-    seq = (b.op("Concat", ys, axis=0) if len(ys) > 1 else ys[0]) if need_seq else None
-    last = out if out is not None else _last_h(cells, states)
-    return seq, states, last
+            cache: dict[int, str] = {}
+            new = [_keep(b, masks[t], n, s, r, cache) for n, s, r in zip(new, states, state_ranks)]
+            o = [_keep(b, masks[t], x, b.op("Mul", [x, b.const(np.float32(0.0), dtype="float32")]) if zero_output
+                       else p, 1 + len(shape), cache) for x, p, shape in zip(o, outs, out_shapes)]
+        states, outs = new, o
+        for k, x in enumerate(o):
+            ys[k].append(ctx.unsqueeze(x, 0))
+    seqs = [b.op("Concat", y, axis=0) if len(y) > 1 else y[0] for y in ys] if need_seq else None
+    return seqs, states, outs

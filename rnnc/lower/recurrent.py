@@ -18,7 +18,7 @@ from . import loop, native
 from .context import LowerCtx
 from .registry import register
 
-Run = tuple["str | None", list[str], str]   # (sequence [T, B, u] in processing order, states, last output)
+Run = tuple["list[str] | None", list[str], list[str]]   # (sequences [T, B, ...] in processing order, states, last outputs)
 
 
 def _loop_supports(layer: Layer, target: str) -> str | None:
@@ -36,16 +36,17 @@ def layer_time(layer: Layer) -> int | None:
     return layer.time if isinstance(layer.time, int) else None
 
 
-def run(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, mask: str | None,
+def run(ctx: LowerCtx, layer: Layer, key: str, Xs: list[str], *, init: list[str] | None, mask: str | None,
         need_seq: bool, zero_output: bool, strategy: str) -> Run:
-    """Run one recurrent (half-)layer over X [T, B, in]; mask is [B, T] bool or None."""
+    """Run one recurrent (half-)layer over Xs (each [T, B, ...]); mask is [B, T] bool or None."""
     if strategy in ("loop", "unroll"):
         mask_tb = ctx.transpose(mask, [1, 0]) if mask is not None else None
-        return loop.run_cells(ctx, layer, key, X, init=init, mask=mask_tb, need_seq=need_seq,
-                              zero_output=zero_output, unroll=layer_time(layer) if strategy == "unroll" else None)
+        return loop.run_cells(ctx, layer, key, Xs, init=init, mask=mask_tb, need_seq=need_seq,
+                              zero_output=zero_output, unroll=layer_time(layer) if strategy == "unroll" else None,
+                              hoist=ctx.hoist)
     if mask is None:
-        return _native(ctx, layer, key, X, init=init, need_seq=need_seq)
-    return _native_masked(ctx, layer, key, X, init=init, mask=mask, need_seq=need_seq, zero_output=zero_output)
+        return _native(ctx, layer, key, Xs[0], init=init, need_seq=need_seq)
+    return _native_masked(ctx, layer, key, Xs[0], init=init, mask=mask, need_seq=need_seq, zero_output=zero_output)
 
 
 def _native(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, need_seq: bool,
@@ -53,7 +54,7 @@ def _native(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | 
     Y, states = native.run_cells(ctx, layer, key, X, init=init, seq_lens=seq_lens, need_seq=need_seq)
     if Y is not None and layer.config["go_backwards"]:
         Y = ctx.reverse(Y, 0)    # ONNX `reverse` returns input order; Keras returns processing order
-    return Y, states, loop._last_h(list(layer.cells), states)
+    return ([Y] if Y is not None else None), states, loop.last_h(list(layer.cells), states)
 
 
 def right_padded(ctx: LowerCtx, mask: str) -> tuple[str, str, str]:
@@ -81,7 +82,8 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
 
     def fast() -> list[str]:
         b = ctx.b   # the branch's builder
-        Y, states, last = _native(ctx, layer, key, X, init=init, need_seq=need_seq, seq_lens=lens)
+        Ys, states, last = _native(ctx, layer, key, X, init=init, need_seq=need_seq, seq_lens=lens)
+        Y = Ys[0] if Ys else None
         if Y is not None and not layer.config["go_backwards"] and not zero_output:
             # ONNX writes zeros past each length; Keras repeats the last output:
             # Y'[t, b] = Y[min(t, lens[b] - 1), b]
@@ -90,17 +92,17 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
                                b.op("Unsqueeze", [last_t, b.const([0])])])            # [T, B]
             idx = b.op("Expand", [b.op("Unsqueeze", [idx, b.const([2])]), b.op("Shape", [Y])])
             Y = b.op("GatherElements", [Y, idx], axis=0, name="repeat_last")
-        return ([Y] if Y is not None else []) + states + [last]
+        return ([Y] if Y is not None else []) + states + last
 
     def exact() -> list[str]:
-        Y, states, last = loop.run_cells(ctx, layer, key, X, init=init, mask=ctx.transpose(mask, [1, 0]),
-                                         need_seq=need_seq, zero_output=zero_output)
-        return ([Y] if Y is not None else []) + states + [last]
+        Ys, states, last = loop.run_cells(ctx, layer, key, [X], init=init, mask=ctx.transpose(mask, [1, 0]),
+                                          need_seq=need_seq, zero_output=zero_output, hoist=ctx.hoist)
+        return (Ys or []) + states + last
 
     outs = if_node(ctx, cond, fast, exact, name="If_right_padded")
-    Y = outs[0] if need_seq else None
+    Y = outs[:1] if need_seq else None
     rest = outs[1:] if need_seq else outs
-    return Y, rest[:-1], rest[-1]
+    return Y, rest[:-1], rest[-1:]
 
 
 def if_node(ctx: LowerCtx, cond: str, then: Callable[[], list[str]], other: Callable[[], list[str]],
@@ -125,6 +127,11 @@ def if_node(ctx: LowerCtx, cond: str, then: Callable[[], list[str]], other: Call
     return [res] if isinstance(res, str) else res
 
 
+def time_major(ctx: LowerCtx, x: str, rank: int) -> str:
+    """Swap the first two axes: [B, T, ...] <-> [T, B, ...]."""
+    return ctx.transpose(x, [1, 0, *range(2, rank)])
+
+
 def _initial(ctx: LowerCtx, layer: Layer) -> list[str] | None:
     return [ctx.env[r] for r in layer.initial_state] or None
 
@@ -132,12 +139,14 @@ def _initial(ctx: LowerCtx, layer: Layer) -> list[str] | None:
 def _lower(strategy: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
         seqs = layer.config["return_sequences"]
-        X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
+        Xs = [time_major(ctx, ctx.env[r], ctx.graph.type_of(r).rank) for r in layer.inputs]   # [T, B, ...]
         # stateful: the carried states come in as graph inputs `<layer>/<port>_in`
         init = [name for _, name, _, _ in layer.state_io()] or _initial(ctx, layer)
-        Y, states, last = run(ctx, layer, layer.name, X, init=init, mask=ctx.mask(layer),
-                              need_seq=seqs, zero_output=False, strategy=strategy)
-        out = {"output": ctx.transpose(Y, [1, 0, 2]) if seqs else last}   # [B, T, u] or [B, u]
+        Ys, states, last = run(ctx, layer, layer.name, Xs, init=init, mask=ctx.mask(layer),
+                               need_seq=seqs, zero_output=False, strategy=strategy)
+        ys = [time_major(ctx, y, len(t.dims)) for y, t in zip(Ys, (layer.outputs[p] for p in layer.main_ports))] \
+            if seqs else last                                                # [B, T, ...] or [B, ...]
+        out = dict(zip(layer.main_ports, ys))
         for port, s in zip(layer.state_ports, states):
             out[port] = s
         for (_, _, name, _), s in zip(layer.state_io(), states):     # ... and go out as `<layer>/<port>_out`
@@ -217,14 +226,15 @@ def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, strategy
     halves = {}
     for half in (fwd, bwd):
         # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
-        Y, states, last = run(ctx, half, f"{layer.name}/{half.name}", X, init=None, mask=mask,
-                              need_seq=seqs, zero_output=seqs, strategy=strategy)
+        Ys, states, last = run(ctx, half, f"{layer.name}/{half.name}", [X], init=None, mask=mask,
+                               need_seq=seqs, zero_output=seqs, strategy=strategy)
         if seqs:
+            Y = Ys[0]
             if half.config["go_backwards"]:
                 Y = ctx.reverse(Y, 0)            # back to input order before merging
             y = ctx.transpose(Y, [1, 0, 2])      # [B, T, u]
         else:
-            y = last
+            y = last[0]
         halves[half.name] = (y, states)
     out = _merge(ctx, layer.config["merge_mode"], halves["forward"][0], halves["backward"][0])
     for half in (fwd, bwd):

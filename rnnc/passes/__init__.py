@@ -1,5 +1,6 @@
 """Passes over the IR, one per file, run by the pass manager."""
 from .choose_lowering import ChooseLowering
+from .hoist import HoistInputProjection
 from .manager import Pass, PassResult, run_passes
 
-__all__ = ["ChooseLowering", "Pass", "PassResult", "run_passes"]
+__all__ = ["ChooseLowering", "HoistInputProjection", "Pass", "PassResult", "run_passes"]

@@ -51,8 +51,8 @@ class ChooseLowering:
             if why is not None:
                 raise LoweringError(f"{graph.file}:{layer.line}: {where}: lowering: {requested} cannot be exact: "
                                     f"{why}. Use lowering: auto (it picks an exact lowering) or loop")
-            reason = {"native": self._native_reason(layer), "loop": "Loop: requested",
-                      "unroll": f"unroll: requested, time = {layer.time}"}[requested]
+            reason = (self._native_reason(layer) if requested == "native" else "Loop: requested"
+                      if requested == "loop" else f"unroll: requested, time = {layer.time}")
             layers[layer.name] = replace(layer, lowering=requested, reason=reason)
         out = Graph(graph.name, graph.inputs, layers, graph.outputs, graph.weights, graph.file, graph.seed)
         return PassResult(out, True)

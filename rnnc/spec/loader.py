@@ -97,6 +97,16 @@ def validate(src: Source) -> Spec:
     if not isinstance(cells, dict):
         c.err(("cells",), f"expected a mapping of cell names to definitions, got {_shown(cells)}")
         cells = {}
+    from ..cells.custom import check_definition
+    for cname, cdef in list(cells.items()):
+        if cname in S.CELL_KEYS or not cname.isidentifier():
+            c.err(("cells", cname), f"a custom cell needs its own name (letters, digits, _; not a built-in cell), "
+                  f"got {cname!r}")
+        found = check_definition(cname, cdef)
+        for path, msg in found:
+            c.err(path, msg)
+        if found:
+            cells.pop(cname)
     inputs = _inputs(c, data.get("inputs"))
     layers = _layers(c, data.get("layers"), cells)
     outputs = _outputs(c, data.get("outputs"))

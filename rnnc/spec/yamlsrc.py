@@ -33,6 +33,10 @@ class Source:
     data: Any
     file: str
     lines: dict[KeyPath, int] = field(default_factory=dict)
+    text: str = ""
+    # where each scalar's text starts (1-based line, 0-based column): block scalars (|, >)
+    # start on the line after their key
+    starts: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
 
     def line(self, path: KeyPath) -> int | None:
         """Line of `path`, or of its nearest ancestor that has one."""
@@ -89,6 +93,10 @@ def _convert(node: yaml.Node, path: KeyPath, src: Source, problems: list[Problem
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(v, path + (i,), src, problems) for i, v in enumerate(node.value)]
+    if node.style in ("|", ">"):
+        src.starts[path] = (node.start_mark.line + 2, 0)
+    else:
+        src.starts[path] = (node.start_mark.line + 1, node.start_mark.column + (1 if node.style in ("'", '"') else 0))
     return _LOADER.construct_object(node, deep=True)
 
 
@@ -97,7 +105,7 @@ _LOADER = _Loader("")
 
 def load_yaml_text(text: str, file: str) -> Source:
     """Parse YAML/JSON text. Syntax errors become a SpecError with the line."""
-    src = Source(None, file)
+    src = Source(None, file, text=text)
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:

@@ -14,10 +14,32 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Keras's compute_fans: rank 1 uses its size for both; rank > 2 scales by the receptive field."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
 def glorot_uniform(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    fan_in, fan_out = (shape[0], shape[1]) if len(shape) == 2 else (int(np.prod(shape[:-1])), shape[-1])
+    fan_in, fan_out = fans(shape)
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape)
+
+
+def glorot_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Keras: truncated normal (within 2 stddev) with stddev sqrt(2 / (fan_in + fan_out)) / 0.8796..."""
+    fan_in, fan_out = fans(shape)
+    std = np.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
+    v = rng.normal(0.0, std, size=shape)
+    bad = np.abs(v) > 2 * std
+    while bad.any():
+        v[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+        bad = np.abs(v) > 2 * std
+    return v
 
 
 def orthogonal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -35,6 +57,9 @@ def _recurrent_inits(layer: Layer, prefix: str) -> dict[str, str]:
     for cell in layer.cells:
         for name in cell.params:
             key = cell.prefix + name
+            if cell.custom:   # the cell definition names its initializers
+                out[prefix + key] = cell.inits[name]
+                continue
             init = {"kernel": "glorot_uniform", "recurrent_kernel": "orthogonal"}.get(name, "zeros")
             if name == "bias" and cell.kind == "LSTM" and cell.config.get("unit_forget_bias", True):
                 init = f"unit_forget_bias:{cell.units}"
@@ -61,8 +86,12 @@ def init_param(init: str, shape: tuple[int, ...], rng: np.random.Generator) -> n
         v = glorot_uniform(shape, rng)
     elif init == "orthogonal":
         v = orthogonal(shape, rng)
+    elif init == "glorot_normal":
+        v = glorot_normal(shape, rng)
     elif init == "uniform":  # keras.initializers.RandomUniform(-0.05, 0.05)
         v = rng.uniform(-0.05, 0.05, size=shape)
+    elif init == "normal":   # keras.initializers.RandomNormal(0, 0.05)
+        v = rng.normal(0.0, 0.05, size=shape)
     elif init == "ones":
         v = np.ones(shape)
     elif init.startswith("unit_forget_bias:"):  # zeros, with ones on the forget gate (i f c o)

@@ -1,0 +1,110 @@
+"""ONNX emission of custom-cell step nodes (rnnc/cells/lang.py).
+
+`lead` is the number of extra leading axes on batched values: 0 inside the time loop
+([B, ...]), 1 for nodes hoisted out of it and computed for every step at once ([T, B, ...]).
+Axes, index lists, permutations and einsum subscripts written by the user (batch first)
+are shifted by `lead` for batched values; parameters and constants have no leading axes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..cells.lang import Node
+from ..emit.builder import GraphBuilder
+from . import activations
+from .context import INT64_MIN
+
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow", "matmul": "MatMul",
+           "minimum": "Min", "maximum": "Max", "less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
+           "greater_equal": "GreaterOrEqual", "equal": "Equal"}
+_UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "abs": "Abs"}
+
+
+def emit(b: GraphBuilder, node: Node, args: list[Any], lead: int) -> Any:
+    """The ONNX nodes for one step node; returns its tensor name (a list for `split`)."""
+    op = node.op
+    shift = lead if node.batched else 0
+    if op == "const":
+        return b.const(np.float32(node.attr("value")), dtype="float32")
+    if op in _BINARY:
+        return b.op(_BINARY[op], args)
+    if op == "not_equal":
+        return b.op("Not", [b.op("Equal", args)])
+    if op in _UNARY:
+        return b.op(_UNARY[op], args)
+    if op == "act":
+        y = activations.emit(b, node.attr("name"), args[0])
+        return b.op("Identity", [y]) if y == args[0] else y
+    if op == "clip":
+        lo, hi = (b.const(np.float32(node.attr(k)), dtype="float32") for k in ("lo", "hi"))
+        return b.op("Clip", [args[0], lo, hi])
+    if op == "where":
+        return b.op("Where", args)
+    if op == "getitem":
+        return _getitem(b, node, args[0], shift)
+    if op == "concat":
+        return b.op("Concat", args, axis=node.attr("axis") + shift)
+    if op == "stack":
+        ax = node.attr("axis") + shift
+        return b.op("Concat", [b.op("Unsqueeze", [a, b.const([ax])]) for a in args], axis=ax, name="Stack")
+    if op == "split":
+        sizes = list(node.attr("sizes"))
+        outs = b.op("Split", [args[0], b.const(sizes)], outputs=len(sizes), axis=node.attr("axis") + shift)
+        return [outs] if isinstance(outs, str) else outs
+    if op == "pick":
+        return args[0][node.attr("index")]
+    if op == "einsum":
+        return b.op("Einsum", args, equation=_einsum_lead(node, lead))
+    if op == "transpose":
+        perm = list(range(shift)) + [p + shift for p in node.attr("perm")]
+        return b.op("Transpose", args, perm=perm)
+    if op == "reshape":
+        target = list(node.attr("shape_to"))
+        if node.batched:   # keep the leading axes (0 = copy) and the batch axis (-1 = infer)
+            target = [0] * shift + [-1] + target
+        return b.op("Reshape", [args[0], b.const(target)])
+    if op in ("sum", "mean"):
+        axes = [a + shift for a in node.attr("axes")]
+        return b.op("ReduceSum" if op == "sum" else "ReduceMean", [args[0], b.const(axes)],
+                    keepdims=int(node.attr("keepdims")))
+    raise ValueError(f"unknown step op {op!r}")  # pragma: no cover
+
+
+def _getitem(b: GraphBuilder, node: Node, x: str, shift: int) -> str:
+    starts, ends, axes, steps, squeeze = [], [], [], [], []
+    for axis, s in enumerate(node.attr("index"), start=shift):
+        if s[0] == "slice":
+            start, stop, step = s[1], s[2], s[3]
+            if step < 0 and stop < 0:   # Python's "before the first element"
+                stop = INT64_MIN
+            starts.append(start)
+            ends.append(stop)
+            axes.append(axis)
+            steps.append(step)
+        elif s[0] == "index":
+            starts.append(s[1])
+            ends.append(s[1] + 1)
+            axes.append(axis)
+            steps.append(1)
+            squeeze.append(axis)
+    y = x
+    if axes:
+        c = b.const
+        y = b.op("Slice", [x, c(starts), c(ends), c(axes), c(steps)])
+    if squeeze:
+        y = b.op("Squeeze", [y, b.const(squeeze)])
+    return y if y != x else b.op("Identity", [x])
+
+
+def _einsum_lead(node: Node, lead: int) -> str:
+    eq = node.attr("equation")
+    if not lead or not node.batched:
+        return eq
+    lhs, rhs = eq.split("->")
+    free = next(ch for ch in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA" if ch not in eq)
+    # batched operands (those whose first index is the output's batch index) get the new axis
+    bidx = rhs[0]
+    subs = [(free + s if s[:1] == bidx else s) for s in lhs.split(",")]
+    return ",".join(subs) + "->" + free + rhs
+
