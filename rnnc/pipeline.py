@@ -54,7 +54,8 @@ def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None)
 
 
 def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, opset: int = DEFAULT_OPSET,
-                 ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True) -> Compiled:
+                 ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True,
+                 control: str = "loop") -> Compiled:
     """Compile a spec to an ONNX model. `hoist=False` keeps the input projection inside Loops
     (for benchmarks)."""
     from .emit import GraphBuilder, assemble, check
@@ -63,13 +64,15 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
 
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise RnncError(f"--opset: expected {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}")
+    if control not in ("loop", "scan"):
+        raise RnncError(f"control: expected loop or scan, got {control!r}")
     if not 8 <= ir_version <= onnx.IR_VERSION:
         raise RnncError(f"--ir-version: expected 8..{onnx.IR_VERSION}, got {ir_version}")
     graph, w = prepare(spec, weights=weights, target=target)
     builder = GraphBuilder()
     for name in (*graph.inputs, *(o.name for o in graph.outputs), *(n for io in graph.state_io() for n in io[1:3])):
         builder.reserve(name)
-    ctx = LowerCtx(builder, graph, w, target, hoist=hoist)
+    ctx = LowerCtx(builder, graph, w, target, hoist=hoist, control=control)
     facts = lower_graph(ctx)
     model = assemble(graph, builder, ctx.env, facts, opset=opset, ir_version=ir_version, target=target,
                      state_outputs=ctx.state_outputs)

@@ -91,11 +91,33 @@ def test_hoisting_moves_the_input_projection_out_of_the_loop():
     assert sum(n.op_type == "MatMul" for n in body_of(flat.model).node) == 2
 
 
+@pytest.mark.parametrize("pattern", ["none", "holes"])
+def test_scan_control_flow_agrees(pattern):
+    """The time loop as an ONNX Scan instead of a Loop: same numbers on both runtimes."""
+    import rnnc
+    from helpers import assert_close, run_onnx_reference, run_ort
+    from rnnc.reference import run_reference
+    from test_lowering import masked_input
+    text = spec(PEEPHOLE, "  - {type: Masking}\n  - {type: RNN, name: r, return_sequences: true, return_state: true, "
+                "go_backwards: true, cell: {type: Peep, units: 3}}\n  - {type: GRU, name: g, units: 2, "
+                "lowering: loop, return_sequences: true}\n", "x: {shape: [batch, 6, 3]}", "outputs: [r, r.states, g]\n")
+    base = compile_text(text)
+    c = rnnc.compile_spec(load_spec_text(text, "t.yaml"), weights=base.weights, control="scan")
+    assert op_counts(c.model)["Scan"] == 2 and op_counts(c.model)["Loop"] == 0
+    feeds = masked_input(pattern)
+    want = run_reference(c.graph, c.weights, feeds)
+    assert_close(run_ort(c.model, feeds), want)
+    assert_close(run_onnx_reference(c.model, feeds), want)
+
+
 def test_builtin_loop_body_is_lean():
     text = "rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: 4, lowering: loop}\n"
     c, _, _ = check_parity(text, native=0, loops=1)
     ops = [n.op_type for n in body_of(c.model).node]
-    assert ops.count("Sigmoid") == 1 and ops.count("MatMul") == 1, ops   # one sigmoid over i, f, o
+    # x_t, h @ U + xp (one Gemm), one sigmoid over i, f, o, and nothing but the equations
+    assert ops.count("Sigmoid") == 1 and ops.count("Gemm") == 1 and "MatMul" not in ops, ops
+    assert sorted(ops) == sorted(["Gather", "Gemm", "Split", "Sigmoid", "Split", "Tanh", "Mul", "Mul", "Add",
+                                  "Tanh", "Mul"]), ops
 
 
 @pytest.mark.parametrize("pattern", ["right", "holes", "empty_row"])

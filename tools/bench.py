@@ -34,6 +34,8 @@ def median_time(fn, repeat: int, warmup: int = 10) -> float:
 def options(threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    # several sessions live side by side here: idle ones must not spin on the shared cores
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
@@ -44,6 +46,8 @@ def bench_stateful(repeat: int, threads: int) -> None:
     x = np.random.default_rng(0).normal(size=(20, 100, 32)).astype(np.float32)
     sess = rnnc.Session(c, providers="cpu", threads=threads)
     plain = ort.InferenceSession(c.model.SerializeToString(), options(threads), providers=["CPUExecutionProvider"])
+    sess._sess = ort.InferenceSession(c.model.SerializeToString(), options(threads),  # same options as `plain`
+                                      providers=["CPUExecutionProvider"])
     states = {"lstm/state_h_in": np.zeros((20, 64), np.float32), "lstm/state_c_in": np.zeros((20, 64), np.float32)}
 
     def by_hand():
@@ -61,27 +65,63 @@ def bench_stateful(repeat: int, threads: int) -> None:
     print(f"  rnnc.Session.run (carried)      : {b * 1e3:8.3f} ms/chunk   ratio {b / a:.3f}")
 
 
+CUSTOM_LSTM = """cells:
+  StepLSTM:
+    attrs: [units]
+    params:
+      kernel: {shape: [input, 4 * units]}
+      recurrent_kernel: {shape: [units, 4 * units]}
+      bias: {shape: [4 * units]}
+    state: {h: [units], c: [units]}
+    step: |
+      z = x @ kernel + bias + h @ recurrent_kernel
+      ifo = sigmoid(z[:, :3 * units])
+      i, f, o = split(ifo, 3)
+      c = f * c + i * tanh(z[:, 3 * units:])
+      h = o * tanh(c)
+    output: h
+"""
+
+
 def bench_loop(repeat: int, threads: int) -> None:
+    """Native LSTM op vs the Loop: RNN(LSTMCell) without and with the hoisted input projection,
+    and the same LSTM written as a custom cell in the step language (hoisted by the pass)."""
+    from rnnc.cells.gates import permute_gates
+
     shapes = [(64, 100, 256, 512), (64, 28, 28, 64)]
     for batch, steps, inp, units in shapes:
-        text = (f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\nlayers:\n"
-                f"  - {{type: LSTM, name: l, units: {units}, return_sequences: true, lowering: LOWERING}}\n")
+        head = f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\n"
+        lstm = head + f"layers:\n  - {{type: LSTM, name: l, units: {units}, return_sequences: true, lowering: LOW}}\n"
+        cell = head + CUSTOM_LSTM + ("layers:\n  - {type: RNN, name: l, return_sequences: true, "
+                                     f"cell: {{type: StepLSTM, units: {units}}}}}\n")
+        base = rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "native")))
+        # the custom cell's gates are ordered i f o c: the same weights, permuted
+        w_custom = {k: permute_gates(v, "keras_lstm", "rnnc_lstm") for k, v in base.weights.items()}
+        variants = {
+            "native LSTM op": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "native"))),
+            "Loop, no hoisting": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "loop")), weights=base.weights,
+                                                   hoist=False),
+            "Loop, hoisted projection": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "loop")),
+                                                          weights=base.weights),
+            "Scan, hoisted projection": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "loop")),
+                                                          weights=base.weights, control="scan"),
+            "custom cell (step language)": rnnc.compile_spec(load_spec_text(cell), weights=w_custom),
+        }
         x = np.random.default_rng(0).normal(size=(batch, steps, inp)).astype(np.float32)
-        base = rnnc.compile_spec(load_spec_text(text.replace("LOWERING", "native")))
-        rows = {}
-        for label, low in (("native LSTM op", "native"), ("Loop (hoisted projection)", "loop")):
-            c = rnnc.compile_spec(load_spec_text(text.replace("LOWERING", low)), weights=base.weights)
-            s = ort.InferenceSession(c.model.SerializeToString(), options(threads), providers=["CPUExecutionProvider"])
-            rows[label] = s
-        times = {k: [] for k in rows}
-        for _ in range(3):
-            for k, s in rows.items():
+        sessions = {k: ort.InferenceSession(c.model.SerializeToString(), options(threads),
+                                            providers=["CPUExecutionProvider"]) for k, c in variants.items()}
+        ref = sessions["native LSTM op"].run(None, {"x": x})[0]
+        for k, s in sessions.items():   # the variants compute the same thing
+            assert np.max(np.abs(s.run(None, {"x": x})[0] - ref)) < 1e-4, k
+        times = {k: [] for k in sessions}
+        for _ in range(3):               # interleaved rounds: drift hits every variant alike
+            for k, s in sessions.items():
                 times[k].append(median_time(lambda: s.run(None, {"x": x}), repeat))
         t0 = statistics.median(times["native LSTM op"])
         print(f"LSTM batch {batch}, time {steps}, input {inp}, units {units} (CPU, {threads} threads)")
         for k, ts in times.items():
             t = statistics.median(ts)
-            print(f"  {k:28s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}")
+            print(f"  {k:30s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}")
 
 
 def main() -> None:

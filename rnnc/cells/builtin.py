@@ -5,8 +5,8 @@ the ONNX Loop lowering (rnnc/lower/loop.py).
 Every cell is split into the part that depends on the step input only (`project`, hoisted
 out of the time loop and computed for all steps at once) and the recurrent `step`.
 
-Op interface (`ops`): matmul(a, b), add(a, b), sub(a, b), mul(a, b), act(name, x),
-split(x, n) -> list (last axis), one_minus(x), param(name)."""
+Op interface (`ops`): matmul(a, b), matmul_add(a, b, c) = a @ b + c (a, b 2-D), add(a, b),
+sub(a, b), mul(a, b), act(name, x), split(x, n) -> list (last axis), one_minus(x), param(name)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +48,7 @@ def _rnn_project(ops, x, units, cfg):
 
 def _rnn_step(ops, xp, states, units, cfg):
     (h,) = states
-    h = ops.act(cfg["activation"], ops.add(xp, ops.matmul(h, ops.param("U"))))
+    h = ops.act(cfg["activation"], ops.matmul_add(h, ops.param("U"), xp))
     return h, (h,)
 
 
@@ -70,7 +70,7 @@ def _lstm_prepare(p: dict, units: int, cfg: dict) -> dict:
 
 def _lstm_step(ops, xp, states, units, cfg):
     h, c = states
-    z = ops.add(xp, ops.matmul(h, ops.param("U")))                       # [B, 4u] (i f o c)
+    z = ops.matmul_add(h, ops.param("U"), xp)                              # [B, 4u] (i f o c)
     ifo, g = ops.split(z, [3 * units, units])
     ra, act = cfg["recurrent_activation"], cfg["activation"]
     i, f, o = ops.split(ops.act(ra, ifo), 3)
@@ -107,9 +107,8 @@ def _gru_step(ops, xp, states, units, cfg):
     (h,) = states
     ra, act = cfg["recurrent_activation"], cfg["activation"]
     if cfg.get("reset_after", True):
-        rec = ops.matmul(h, ops.param("U"))                              # [B, 3u]
-        if cfg.get("use_bias", True):
-            rec = ops.add(rec, ops.param("b_rec"))
+        rec = (ops.matmul_add(h, ops.param("U"), ops.param("b_rec")) if cfg.get("use_bias", True)
+               else ops.matmul(h, ops.param("U")))                          # [B, 3u]
         xzr, xh = ops.split(xp, [2 * units, units])
         rzr, rh = ops.split(rec, [2 * units, units])
         z, r = ops.split(ops.act(ra, ops.add(xzr, rzr)), 2)
@@ -142,6 +141,10 @@ class NumpyOps:
     @staticmethod
     def matmul(a, b):
         return a @ b
+
+    @staticmethod
+    def matmul_add(a, b, c):
+        return a @ b + c
 
     @staticmethod
     def add(a, b):

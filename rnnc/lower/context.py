@@ -20,6 +20,7 @@ class LowerCtx:
     weights: dict[str, np.ndarray]
     target: str = "ort"                      # "ort" or "portable"
     hoist: bool = True                       # hoist input-only work out of Loops
+    control: str = "loop"                    # the time loop: an ONNX "loop" or "scan"
     env: dict[Ref, str] = field(default_factory=dict)
     state_outputs: dict[str, str] = field(default_factory=dict)   # stateful: output name -> tensor
 

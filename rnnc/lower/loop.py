@@ -34,6 +34,10 @@ class OnnxOps:
     def matmul(self, a: str, w: str) -> str:
         return self.b.op("MatMul", [a, w])
 
+    def matmul_add(self, a: str, w: str, c: str) -> str:
+        # one Gemm instead of MatMul + Add: one pass less over [B, G*u] per step
+        return self.b.op("Gemm", [a, w, c])
+
     def add(self, a: str, c: str) -> str:
         return self.b.op("Add", [a, c])
 
@@ -165,46 +169,62 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
                          zero_output, unroll)
 
     body = GraphBuilder(parent=b)
+    scan = ctx.control == "scan"
     it, cond_in = body.fresh("t"), body.fresh("cond_in")
     s_in = [body.fresh(f"state{i}_in") for i in range(len(states0))]
     p_in = [body.fresh(f"prev{i}_in") for i in range(len(prev0))]
-    step_vals = [body.op("Gather", [v, it], axis=0, name="x_t") if per_step else v for v, per_step in projected]
+    scanned = [v for v, per_step in projected if per_step] + ([mask] if mask is not None else [])
+    if scan:   # Scan hands the body each scanned tensor's row t
+        rows = {v: body.fresh("x_t") for v in scanned}
+        step_vals = [rows[v] if per_step else v for v, per_step in projected]
+    else:      # Loop: the body reads row t itself
+        step_vals = [body.op("Gather", [v, it], axis=0, name="x_t") if per_step else v for v, per_step in projected]
     outs, new = _steps(body, runners, step_vals, s_in)
     if mask is not None:
-        m = body.op("Gather", [mask, it], axis=0, name="mask_t")                          # [B]
+        m = rows[mask] if scan else body.op("Gather", [mask, it], axis=0, name="mask_t")   # [B]
         cache: dict[int, str] = {}
         # masked step: keep the states; repeat the previous outputs (zeros for zero_output)
         new = [_keep(body, m, n, s, r, cache) for n, s, r in zip(new, s_in, state_ranks)]
         outs = [_keep(body, m, o, body.op("Mul", [o, body.const(np.float32(0.0), dtype="float32")])
                       if zero_output else p, 1 + len(shape), cache)
                 for o, p, shape in zip(outs, p_in, out_shapes)]
-    body_outs = [body.op("Identity", [cond_in], name="cond_out"), *new, *(outs if carry else [])]
+    carried = [*new, *(outs if carry else [])]
+    body_outs = ([] if scan else [cond_in]) + carried
     if need_seq:
-        # Scan outputs are emitted flat ([B * size] per step): ONNX Runtime stacks them and
-        # onnx.reference concatenates them, which agree only for 1-D values.
-        body_outs += [body.op("Reshape", [o, body.const([-1])], name="y_t") for o in outs]
+        # Loop's scan outputs: ONNX Runtime stacks the per-step [B, ...] values into [T, B, ...]
+        # while onnx.reference concatenates them into [T * B, ...]: the same data in the same
+        # order, so one Reshape after the Loop gives [T, B, ...] on both.
+        body_outs += [o if o not in body_outs else body.op("Identity", [o], name="y_t") for o in outs]
     f32 = TensorProto.FLOAT
-    g = helper.make_graph(
-        body.nodes, f"{b.scope}_body",
-        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         *[helper.make_tensor_value_info(s, f32, None) for s in (*s_in, *p_in)]],
-        [helper.make_tensor_value_info(body_outs[0], TensorProto.BOOL, []),
-         *[helper.make_tensor_value_info(s, f32, None) for s in body_outs[1:]]],
-        initializer=body.initializers)
-    # Trip count from the input's shape (never from data): T = Shape(X)[0]. The condition is
-    # an explicit true (onnx.reference does not run a Loop whose condition is omitted).
-    trip = b.op("Squeeze", [b.op("Slice", [b.op("Shape", [Xs[0]]), b.const([0]), b.const([1])], name="T"),
-                            b.const([0])], name="trip_count")
-    res = b.op("Loop", [trip, b.const(True, dtype="bool"), *states0, *prev0], outputs=len(body_outs) - 1,
-               body=g, name="Loop")
+    vi = lambda n, t=f32: helper.make_tensor_value_info(n, t, None)  # noqa: E731
+    if scan:
+        g = helper.make_graph(body.nodes, f"{b.scope}_body",
+                              [vi(x) for x in (*s_in, *p_in)] + [vi(rows[v], TensorProto.BOOL if v == mask else f32)
+                                                                 for v in scanned],
+                              [vi(x) for x in body_outs], initializer=body.initializers)
+        res = b.op("Scan", [*states0, *prev0, *scanned], outputs=len(body_outs), body=g,
+                   num_scan_inputs=len(scanned), name="Scan")
+    else:
+        g = helper.make_graph(
+            body.nodes, f"{b.scope}_body",
+            [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+             helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []), *[vi(x) for x in (*s_in, *p_in)]],
+            [helper.make_tensor_value_info(body_outs[0], TensorProto.BOOL, []), *[vi(x) for x in body_outs[1:]]],
+            initializer=body.initializers)
+        # Trip count from the input's shape (never from data): T = Shape(X)[0]. The condition is
+        # an explicit true (onnx.reference does not run a Loop whose condition is omitted).
+        trip = b.op("Squeeze", [b.op("Slice", [b.op("Shape", [Xs[0]]), b.const([0]), b.const([1])], name="T"),
+                                b.const([0])], name="trip_count")
+        res = b.op("Loop", [trip, b.const(True, dtype="bool"), *states0, *prev0], outputs=len(body_outs) - 1,
+                   body=g, name="Loop")
     res = [res] if isinstance(res, str) else res
     final = res[:len(states0)]
     lasts = res[len(states0):len(states0) + len(prev0)] if carry else last_h(cells, final)
     seqs = None
     if need_seq:
         flat = res[len(states0) + len(prev0):]
-        seqs = [b.op("Reshape", [f, b.const([0, -1, *shape])], name="seq") for f, shape in zip(flat, out_shapes)]
+        seqs = [b.op("Reshape", [f, b.op("Concat", [b.const([-1]), batch, b.const(list(shape))], axis=0)], name="seq")
+                for f, shape in zip(flat, out_shapes)]
     return seqs, final, lasts
 
 
