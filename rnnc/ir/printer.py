@@ -14,6 +14,29 @@ def _shape(layer: Layer) -> list[str]:
     return [str(layer.outputs[p]) for p in ports]
 
 
+def _cell_rows(layer: Layer, indent: str) -> list[list[str]]:
+    if len(layer.cells) < 2:
+        return []
+    rows = []
+    for i, c in enumerate(layer.cells):
+        n = sum(int(np.prod(s)) for s in c.params.values())
+        kind = c.kind if c.custom else f"{c.kind}Cell"
+        rows.append([f"{indent}cell {i} ({kind})", "(batch, " + ", ".join(map(str, c.output_shapes[0])) + ")",
+                     f"{n:,}", ""])
+    return rows
+
+
+def _parts(layer: Layer) -> list[list[str]]:
+    """Sub-rows: a Bidirectional's halves, and the cells of a stack."""
+    if layer.sublayers:
+        rows = []
+        for half in layer.sublayers:
+            rows.append([f"  {half.name} ({half.kind})", str(half.outputs["output"]), f"{half.param_count():,}", ""])
+            rows += _cell_rows(half, "    ")
+        return rows
+    return _cell_rows(layer, "  ")
+
+
 def _functional(graph: Graph) -> bool:
     names = list(graph.inputs) + list(graph.layers)
     prev = names[0] if len(graph.inputs) == 1 else None
@@ -37,6 +60,7 @@ def summary(graph: Graph) -> str:
         rows.append([f"{layer.name} ({layer.kind})", shapes[0], f"{layer.param_count():,}", conn])
         for extra in shapes[1:]:
             rows.append(["", extra, "", ""])
+        rows += _parts(layer)
     head = ["Layer (type)", "Output Shape", "Param #"] + (["Connected to"] if functional else [])
     rows = [r[:len(head)] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
