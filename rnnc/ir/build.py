@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..cells.builtin import CELL_TYPES, CELLS
-from ..errors import Problem, ShapeError, SpecError
+from ..errors import Problem, SpecError
 from ..spec.yamlsrc import format_path
 from ..spec.model import CellDecl, LayerDecl, Spec
 from ..spec.schema import CELL_OF_LAYER
@@ -29,7 +29,7 @@ class _Builder:
         self.failed: set[str] = set()
 
     # -- errors -----------------------------------------------------------------
-    def fail(self, path: tuple, message: str, *, shape: bool = False) -> _Fail:
+    def fail(self, path: tuple, message: str) -> _Fail:
         p = self.spec.source.problem(path, message)
         self.problems.append(p)
         return _Fail()

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InputError, ModelFileError, RnncError
+from ..errors import InputError, ModelFileError, Problem, RnncError
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
               "tensor(bool)": np.bool_, "tensor(double)": np.float64}
@@ -110,7 +110,7 @@ class Session:
             new[by_key[key]["input"]] = a.copy()
         if problems:
             raise InputError(problems[0] if len(problems) == 1 else None,
-                             problems=[_P(p) for p in problems] if len(problems) > 1 else None)
+                             problems=[Problem(p) for p in problems] if len(problems) > 1 else None)
         self._states = new
 
     def validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -153,7 +153,7 @@ class Session:
             problems += self._check_token_ids(name, a)
         if problems:
             raise InputError("; ".join(problems) if len(problems) == 1 else None,
-                             problems=[_P(p) for p in problems] if len(problems) > 1 else None)
+                             problems=[Problem(p) for p in problems] if len(problems) > 1 else None)
         return out
 
     def _check_token_ids(self, name: str, a: np.ndarray) -> list[str]:
@@ -182,16 +182,6 @@ class Session:
         if self._state_io:
             self._states = {s["input"]: out[s["output"]] for s in self._state_io}
         return {k: out[k] for k in self.output_names}
-
-
-class _P:
-    """A problem without a file location (runtime inputs)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
 
 
 def _model_bytes(model: Any) -> tuple[bytes, str | None]:
