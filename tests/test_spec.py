@@ -132,6 +132,8 @@ layers:
     ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: 2}\n  - {type: LSTM, units: 2}\n",
      "LSTM expects a (batch, time, features) input, got (batch, 2) from lstm"),
     ("rnnc: 1\nrnnc: 1\n", "m.yaml:2: rnnc: duplicate key 'rnnc'"),
+    ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: Dense, name: x, units: 2}\n",
+     "m.yaml:4: layers[0].name: layer name 'x' is also a model input's name"),
     ("rnnc: 1\ninputs: [x\n", "not valid YAML"),
     ("", "the file is empty"),
     ("- 1\n- 2\n", "expected a mapping with `rnnc: 1` at the top, got a list"),

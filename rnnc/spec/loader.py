@@ -109,6 +109,10 @@ def validate(src: Source) -> Spec:
             cells.pop(cname)
     inputs = _inputs(c, data.get("inputs"))
     layers = _layers(c, data.get("layers"), cells)
+    for layer in layers:
+        if layer.name in inputs:
+            c.err(layer.path + ("name",), f"layer name {layer.name!r} is also a model input's name: "
+                  "references would be ambiguous; rename one of them")
     outputs = _outputs(c, data.get("outputs"))
     if c.problems:
         raise SpecError(problems=c.problems)
