@@ -56,6 +56,7 @@ class _Checker:
             ok, value, expected = key.check(d[k])
             if not ok:
                 self.err(path + (k,), f"expected {expected}, got {_shown(d[k])}")
+                value = key.default     # reported: go on with the default to find further problems
             out[k] = value
         return out
 
@@ -188,7 +189,7 @@ def _layer(c: _Checker, item: Any, path: KeyPath, cells: dict, *, top: bool) -> 
         c.err(path, f"expected a layer mapping such as {{type: LSTM, units: 64}}, got {_shown(item)}")
         return None
     t = item.get("type")
-    if t not in S.LAYER_KEYS:
+    if not isinstance(t, str) or t not in S.LAYER_KEYS:
         if t is None:
             c.err(path, "missing required key 'type'")
         else:
@@ -234,11 +235,13 @@ def _cells(c: _Checker, raw: Any, path: KeyPath, cells: dict) -> tuple[CellDecl,
             c.err(p, f"expected a cell such as {{type: LSTMCell, units: 32}}, got {_shown(item)}")
             continue
         t = item["type"]
-        if t in S.CELL_KEYS:
+        if not isinstance(t, str):
+            c.err(p + ("type",), f"expected a cell type name, got {_shown(t)}")
+        elif t in S.CELL_KEYS:
             cfg = c.keys(item, {"type": S.COMMON_KEYS["type"], **S.CELL_KEYS[t]}, p, f"a {t}")
             cfg.pop("type")
             out.append(CellDecl(t, cfg, p))
-        elif isinstance(t, str) and t in cells:
+        elif t in cells:
             out.append(CellDecl(t, {k: v for k, v in item.items() if k != "type"}, p))
         else:
             known = list(S.CELL_KEYS) + list(cells)
