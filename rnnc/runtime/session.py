@@ -37,18 +37,21 @@ class Session:
     """Run a compiled model. `run({name: array})` returns {output name: array} in the
     spec's output order."""
 
-    def __init__(self, model: Any, providers: str | list[str] = "auto", *, threads: int | None = None):
+    def __init__(self, model: Any, providers: str | list[str] = "auto", *, threads: int | None = None,
+                 strict_gpu: bool = False):
         data, self.path = _model_bytes(model)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+
+        def options() -> ort.SessionOptions:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            if threads:
+                opts.intra_op_num_threads = threads
+            return opts
         wanted = choose_providers(providers)
         ort.set_default_logger_severity(4)   # we report provider fallbacks ourselves
         try:
-            self._sess = ort.InferenceSession(data, sess_options=opts, providers=wanted)
-        except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types
-            raise ModelFileError(f"ONNX Runtime cannot load {self.path or 'the model'}: {e}") from None
+            # strict_gpu: True when ONNX Runtime confirmed that no main-graph node is on the CPU
+            self._sess, self.strict_gpu = _open(data, options, wanted, strict_gpu=strict_gpu, where=self.path)
         finally:
             ort.set_default_logger_severity(2)
         self.providers: list[str] = self._sess.get_providers()
@@ -182,6 +185,52 @@ class Session:
         if self._state_io:
             self._states = {s["input"]: out[s["output"]] for s in self._state_io}
         return {k: out[k] for k in self.output_names}
+
+
+STRICT_GPU_KEY = "session.disable_cpu_ep_fallback"
+_REFUSED = "fallback to CPU EP has been explicitly disabled"
+
+
+class StrictGpuError(RnncError):
+    """strict_gpu: CUDA started, but ONNX Runtime assigns some main-graph nodes to the CPU."""
+
+    kind = "strict-gpu error"
+
+
+def _open(data: bytes, options, wanted: list[str], *, strict_gpu: bool, where: str | None
+          ) -> tuple[ort.InferenceSession, bool]:
+    """Create the ONNX Runtime session; returns (session, whether strict GPU placement holds).
+
+    strict_gpu with CUDA among the providers: ONNX Runtime's session.disable_cpu_ep_fallback
+    (the CPU must then not be listed, or ONNX Runtime refuses the configuration). ONNX Runtime
+    gives the same refusal when CUDA cannot start at all, since every node then lands on the
+    CPU; strict-gpu is an error only where CUDA is present, so in that case the plain session
+    is opened and Session.fallback says why."""
+    def create(opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(data, sess_options=opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types
+            if _REFUSED in str(e):
+                raise
+            raise ModelFileError(f"ONNX Runtime cannot load {where or 'the model'}: {e}") from None
+
+    if not (strict_gpu and "CUDAExecutionProvider" in wanted):
+        return create(options(), wanted), False
+    strict = options()
+    strict.log_severity_level = 4        # the refusal is reported below, as an rnnc error
+    strict.add_session_config_entry(STRICT_GPU_KEY, "1")
+    try:
+        return create(strict, [p for p in wanted if p != "CPUExecutionProvider"]), True
+    except ModelFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the refusal, recognised by its message in create()
+        refusal = str(e).split(" : ")[-1].strip()
+    plain = create(options(), wanted)
+    if "CUDAExecutionProvider" not in plain.get_providers():
+        return plain, False              # CUDA could not start: Session.fallback reports it
+    raise StrictGpuError(f"--strict-gpu: expected every main-graph node on CUDAExecutionProvider, got nodes that "
+                         f"ONNX Runtime assigns to the CPU ({refusal}); `rnnc inspect {where or 'MODEL.onnx'}` "
+                         "lists them and says why")
 
 
 def _model_bytes(model: Any) -> tuple[bytes, str | None]:
