@@ -1,4 +1,4 @@
-"""The command line: rnnc compile | check | summary | run.
+"""The command line: rnnc compile | check | summary | inspect | run.
 
 Every user error prints one clear message (no traceback; --debug shows it) and exits 2,
 with nothing written."""
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target", choices=("ort", "portable"), default="ort",
                    help="ort (default): fastest exact on ONNX Runtime; portable: only ONNX features that "
                         "onnx.reference also implements")
+    c.add_argument("--strict-gpu", action="store_true",
+                   help="where CUDA is present, fail (and write nothing) if ONNX Runtime would put any node on the CPU")
 
     for name, text in (("check", "validate a spec (nothing is written)"), ("summary", "print a Keras-like summary")):
         s = sub.add_parser(name, parents=[common], help=text)
@@ -51,9 +53,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a symbolic dim for --random (default batch=2, time=10, others 4)")
     r.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda"))
+    r.add_argument("--strict-gpu", action="store_true",
+                   help="where CUDA is present, make CPU fallback of any node an error (ONNX Runtime's "
+                        "session.disable_cpu_ep_fallback)")
     r.add_argument("--repeat", type=int, default=10, help="timed runs for --random (default 10)")
     r.add_argument("--chunk", type=int, metavar="N",
                    help="stateful models: stream the inputs through the model N time steps at a time")
+
+    i = sub.add_parser("inspect", parents=[common],
+                       help="what each layer became and why, and where ONNX Runtime runs it (table, JSON or graph)")
+    i.add_argument("model", metavar="MODEL.onnx|SPEC", help="a compiled model, any ONNX file, or a spec")
+    i.add_argument("--format", choices=("text", "json", "dot"), default="text", help="what to print (default text)")
+    i.add_argument("--svg", metavar="FILE", help="draw the lowered graph as SVG (needs Graphviz)")
+    i.add_argument("--png", metavar="FILE", help="draw the lowered graph as PNG (needs Graphviz)")
+    i.add_argument("--weights", help="weights for a spec (.npz or .safetensors)")
+    i.add_argument("--target", choices=("ort", "portable"), default="ort", help="target for a spec (default ort)")
     return p
 
 
@@ -64,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER
     try:
-        return {"compile": cmd_compile, "check": cmd_check, "summary": cmd_summary, "run": cmd_run}[args.command](args)
+        return {"compile": cmd_compile, "check": cmd_check, "summary": cmd_summary, "run": cmd_run,
+                "inspect": cmd_inspect}[args.command](args)
     except RnncError as e:
         if args.debug:
             traceback.print_exc()
@@ -91,6 +106,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise RnncError(f"-o {out}: folder {out.parent} does not exist")
     c = compile_spec(args.spec, weights=args.weights, opset=args.opset, ir_version=args.ir_version,
                      target=args.target)
+    if args.strict_gpu:                     # checked before writing: on error nothing is written
+        sess = _strict_session(c.model, "auto", str(out))
+        if sess.fallback:
+            print(f"--strict-gpu: not checked: {sess.fallback}")
     save_atomic(c.model, out)
     print(f"wrote {out} (opset {args.opset}, IR {args.ir_version}, {len(c.model.graph.node)} nodes, "
           f"{c.graph.param_count():,} params)")
@@ -210,7 +229,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise RnncError(f"-o {args.output}: folder {Path(args.output).parent} does not exist")
     if not args.random and not args.input:
         raise InputError(f"no inputs: pass --input NAME=FILE.npy for each input, or --random")
-    sess = Session(args.model, providers=args.providers)
+    if args.strict_gpu and args.providers == "cpu":
+        raise RnncError("--strict-gpu: expected --providers auto or cuda, got cpu (strict GPU placement needs CUDA)")
+    sess = _strict_session(args.model, args.providers, args.model) if args.strict_gpu else \
+        Session(args.model, providers=args.providers)
     feeds = _random_inputs(sess, args.dim) if args.random else _load_inputs(args.input)
     sess.validate(feeds)
     outputs = _run_chunked(sess, feeds, args.chunk) if args.chunk else sess.run(feeds)
@@ -228,6 +250,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         save_npz(outputs, args.output)
         print(f"wrote {args.output}")
+    return 0
+
+
+def _strict_session(model, providers: str, where: str):
+    """A Session with strict_gpu; its refusal gets the nodes `inspect` predicts on the CPU, and why."""
+    from .runtime import Session
+    from .runtime.session import StrictGpuError
+
+    try:
+        return Session(model, providers=providers, strict_gpu=True)
+    except StrictGpuError as e:
+        from .inspect import inspect_model
+
+        cpu = inspect_model(model, file=where).data["strict_gpu"]["cpu_nodes"]
+        lines = [f"  - {c['node']} ({c['op']}): {c['why']}" for c in cpu]
+        raise StrictGpuError("\n".join([str(e), *(["predicted by rnnc inspect:"] + lines if lines else [])])) from None
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_path
+    from .inspect.dot import render
+
+    for fmt in ("svg", "png"):              # path errors before any output
+        out = getattr(args, fmt)
+        if out and not Path(out).parent.exists():
+            raise RnncError(f"--{fmt} {out}: folder {Path(out).parent} does not exist")
+    report = inspect_path(args.model, weights=args.weights, target=args.target)
+    print({"text": report.to_text, "json": report.to_json, "dot": report.to_dot}[args.format]().rstrip("\n"))
+    dot_text = None
+    for fmt in ("svg", "png"):
+        if getattr(args, fmt):
+            dot_text = dot_text or report.to_dot()
+            _, message = render(dot_text, getattr(args, fmt), fmt)
+            print(message, file=sys.stderr)   # stderr: stdout stays pure JSON/DOT
     return 0
 
 

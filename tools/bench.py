@@ -54,8 +54,11 @@ def bench_stateful(repeat: int, threads: int) -> None:
         y, h, cc = plain.run(None, {"x": x, **states})
         states["lstm/state_h_in"], states["lstm/state_c_in"] = h, cc
 
-    # interleave the two, several rounds, so drift on a shared machine hits both alike
+    # interleave the two, several rounds, so drift on a shared machine hits both alike; the
+    # first round only warms up (thread pools, caches, CPU clocks) and is not counted
     t_plain, t_rnnc = [], []
+    median_time(by_hand, repeat)
+    median_time(lambda: sess.run({"x": x}), repeat)
     for _ in range(5):
         t_plain.append(median_time(by_hand, repeat))
         t_rnnc.append(median_time(lambda: sess.run({"x": x}), repeat))
@@ -114,6 +117,8 @@ def bench_loop(repeat: int, threads: int) -> None:
         for k, s in sessions.items():   # the variants compute the same thing
             assert np.max(np.abs(s.run(None, {"x": x})[0] - ref)) < 1e-4, k
         times = {k: [] for k in sessions}
+        for s in sessions.values():      # a warm-up round, not counted
+            median_time(lambda: s.run(None, {"x": x}), repeat)
         for _ in range(3):               # interleaved rounds: drift hits every variant alike
             for k, s in sessions.items():
                 times[k].append(median_time(lambda: s.run(None, {"x": x}), repeat))
