@@ -19,19 +19,22 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.parent = parent
-        self._names: set[str] = parent._names if parent else set()
+        self._names: set[str] = parent._names if parent else set()            # tensors
+        self._node_names: set[str] = parent._node_names if parent else set()  # nodes: their own
+        # counter, so node `lstm/Squeeze_2` writes tensor `lstm/Squeeze_2` (reads well in Netron)
         self._consts: dict[tuple, str] = {}
         self.scope = parent.scope if parent else ""
         self.node_counts: dict[str, int] = {}
 
     # -- names ------------------------------------------------------------------
-    def fresh(self, base: str) -> str:
+    def fresh(self, base: str, *, node: bool = False) -> str:
         base = f"{self.scope}/{base}" if self.scope and "/" not in base else base
+        names = self._node_names if node else self._names
         name, i = base, 1
-        while name in self._names:
+        while name in names:
             name = f"{base}_{i}"
             i += 1
-        self._names.add(name)
+        names.add(name)
         return name
 
     def reserve(self, name: str) -> str:
@@ -56,7 +59,7 @@ class GraphBuilder:
             outs = [self.fresh(f"{name or op_type}_out{i}" if outputs > 1 else (name or op_type)) for i in range(outputs)]
         else:
             outs = list(outputs)
-        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(name or op_type), domain=domain,
+        node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(name or op_type, node=True), domain=domain,
                                 **{k: v for k, v in attrs.items() if v is not None})
         self.nodes.append(node)
         self.node_counts[self.scope] = self.node_counts.get(self.scope, 0) + 1
