@@ -80,15 +80,25 @@ def test_custom_cell_parity(cells, options):
 def test_hoisting_moves_the_input_projection_out_of_the_loop():
     text = spec(MINIMAL, "  - {type: RNN, name: r, cell: {type: MinimalRNNCell, units: 4}, return_sequences: true}\n")
     c, _, _ = check_parity(text, native=0, loops=1)
-    body = body_of(c.model)
-    mats = [n for n in body.node if n.op_type == "MatMul"]
-    assert len(mats) == 1, [n.op_type for n in body.node]           # only h @ recurrent_kernel
-    assert any(n.op_type == "MatMul" for n in c.model.graph.node)   # x @ kernel, for all steps
+    body = [n.op_type for n in body_of(c.model).node]
+    # x @ kernel + bias for all steps before the Loop; per step: read row t, h @ U + row (one Gemm),
+    # tanh, and an Identity because h leaves the body twice (next state, and the sequence)
+    assert sorted(body) == ["Gather", "Gemm", "Identity", "Tanh"], body
+    main = [n.op_type for n in c.model.graph.node]
+    assert "MatMul" in main and "Add" in main
     assert c.graph.layers["r"].cells[0].hoisted
     import rnnc
     from rnnc.spec import load_spec_text as lst
     flat = rnnc.compile_spec(lst(text, "t.yaml"), weights=c.weights, hoist=False)
-    assert sum(n.op_type == "MatMul" for n in body_of(flat.model).node) == 2
+    flat_body = [n.op_type for n in body_of(flat.model).node]
+    assert flat_body.count("MatMul") == 1 and flat_body.count("Gemm") == 1 and "Add" in flat_body
+
+
+def test_reassociation_keeps_the_parsed_step_for_the_reference():
+    c = compile_text(spec(PEEPHOLE, "  - {type: RNN, name: r, cell: {type: Peep, units: 3}}\n"))
+    cell = c.graph.layers["r"].cells[0]
+    assert cell.lowered is not None and cell.lowered is not cell.program
+    assert "gemm" in {n.op for n in cell.lowered.nodes} and "gemm" not in {n.op for n in cell.program.nodes}
 
 
 @pytest.mark.parametrize("pattern", ["none", "holes"])

@@ -180,6 +180,8 @@ def numpy_node(node: Any, args: list[Any], values: dict[str, Any] | None = None)
         return binary[op](a[0], a[1])
     if op == "matmul":
         return np.matmul(a[0], a[1])
+    if op == "gemm":   # made by the reassociate pass: a @ b + c
+        return np.matmul(a[0], a[1]) + a[2]
     if op == "neg":
         return -a[0]
     if op in ("exp", "log", "sqrt", "abs"):

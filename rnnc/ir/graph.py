@@ -27,12 +27,18 @@ class Cell:
     inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()   # per-step input shapes
     outputs: tuple[tuple[str, tuple[int, ...]], ...] = ()  # per-step output shapes
     program: Any = None                     # the parsed step (rnnc.cells.lang.Program)
+    lowered: Any = None                     # the step as optimized by passes (None: as parsed)
     inits: dict[str, str] = field(default_factory=dict)
     hoisted: frozenset[int] = frozenset()   # step nodes computed for all steps before the loop
 
     @property
     def custom(self) -> bool:
         return self.program is not None
+
+    @property
+    def step_program(self) -> Any:
+        """The step the lowering emits: optimized if a pass rewrote it."""
+        return self.lowered if self.lowered is not None else self.program
 
     @property
     def output_shapes(self) -> tuple[tuple[int, ...], ...]:

@@ -29,6 +29,8 @@ def emit(b: GraphBuilder, node: Node, args: list[Any], lead: int) -> Any:
         return b.const(np.float32(node.attr("value")), dtype="float32")
     if op in _BINARY:
         return b.op(_BINARY[op], args)
+    if op == "gemm":   # a @ W + c, a [B, k] (passes/reassociate.py)
+        return b.op("Gemm", args)
     if op == "not_equal":
         return b.op("Not", [b.op("Equal", args)])
     if op in _UNARY:

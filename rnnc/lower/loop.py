@@ -69,10 +69,11 @@ class Runner:
         tag = cell.prefix.replace("/", "_")
         if cell.custom:
             self.params = {k: ctx.b.initializer(f"{tag}{k}", v.astype(np.float32)) for k, v in raw.items()}
-            prog = cell.program
+            prog = cell.step_program
             hoisted = cell.hoisted if hoist else frozenset()
             # the values the body needs from outside: hoisted nodes (or inputs) read by the rest
-            body = [n for n in prog.nodes if n.id not in hoisted and n.op not in ("input", "param")]
+            live = live_nodes(prog)
+            body = [n for n in prog.nodes if n.id in live and n.id not in hoisted and n.op not in ("input", "param")]
             reads = {a for n in body for a in n.args} | set(prog.outputs) | set(prog.next_states)
             self.frontier = [n.id for n in prog.nodes if n.id in reads and (n.id in hoisted or n.op == "input")]
         else:
@@ -88,7 +89,7 @@ class Runner:
             if not self.hoist and lead:
                 return [(xs[0], True)]
             return [(cdef.project(OnnxOps(b, self.params), xs[0], c.units, c.config), True)]
-        prog = c.program
+        prog = c.step_program
         seed: dict[int, Any] = {i: x for (_, i), x in zip(prog.inputs, xs)}
         seed.update({i: self.params[n] for n, i in prog.params})
         vals = evaluate(prog, lambda n, a: cellops.emit(b, n, a, lead), seed, self.frontier)
@@ -102,13 +103,25 @@ class Runner:
             xp = projected[0] if self.hoist else cdef.project(ops, projected[0], c.units, c.config)
             h, ns = cdef.step(ops, xp, tuple(states), c.units, c.config)
             return [h], list(ns)
-        prog = c.program
+        prog = c.step_program
         seed: dict[int, Any] = dict(zip(self.frontier, projected))
         seed.update({i: s for (_, i), s in zip(prog.states, states)})
         seed.update({i: self.params[n] for n, i in prog.params})
         vals = evaluate(prog, lambda n, a: cellops.emit(b, n, a, 0), seed, [*prog.outputs, *prog.next_states])
         k = len(prog.outputs)
         return [_fresh_if_shared(b, v, seed) for v in vals[:k]], [_fresh_if_shared(b, v, seed) for v in vals[k:]]
+
+
+def live_nodes(prog: Any) -> set[int]:
+    """The nodes the outputs and next states depend on (the rest is dead)."""
+    live: set[int] = set()
+    stack = [*prog.outputs, *prog.next_states]
+    while stack:
+        i = stack.pop()
+        if i not in live:
+            live.add(i)
+            stack.extend(prog.nodes[i].args)
+    return live
 
 
 def _fresh_if_shared(b: GraphBuilder, v: str, seed: dict) -> str:

@@ -2,5 +2,6 @@
 from .choose_lowering import ChooseLowering
 from .hoist import HoistInputProjection
 from .manager import Pass, PassResult, run_passes
+from .reassociate import ReassociateSums
 
-__all__ = ["ChooseLowering", "HoistInputProjection", "Pass", "PassResult", "run_passes"]
+__all__ = ["ChooseLowering", "HoistInputProjection", "ReassociateSums", "Pass", "PassResult", "run_passes"]

@@ -16,7 +16,7 @@ from .manager import PassResult
 
 
 def hoistable(cell: Cell) -> frozenset[int]:
-    prog = cell.program
+    prog = cell.step_program
     dep = state_dependent(prog)
     return frozenset(n.id for n in prog.nodes if not dep[n.id] and n.op not in ("input", "param", "state"))
 

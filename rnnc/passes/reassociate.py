@@ -1,0 +1,117 @@
+"""Regroup sums in custom cells so that more of the step can leave the time loop.
+
+A step such as `h = tanh(x @ kernel + h @ recurrent_kernel + bias)` parses as
+((x @ kernel) + (h @ recurrent_kernel)) + bias: only `x @ kernel` is free of the state, and
+`+ bias` would run inside the loop at every step. This pass flattens each tree of additions
+(through intermediate sums used nowhere else) and rebuilds it as
+
+    (h @ recurrent_kernel)  +  (x @ kernel + bias)         state part + state-free part
+
+so the hoisting pass lifts the whole state-free part out of the loop; where the state part is
+a single 2-D product `a @ W`, the sum becomes one `gemm` node (a @ W + c: ONNX Gemm).
+Regrouping a floating-point sum changes its rounding (by an ulp or so), never its value."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..cells.lang import Node, Program, broadcast, state_dependent
+from ..ir.graph import Cell, Graph, Layer
+from .manager import PassResult
+
+
+def _consumers(prog: Program) -> list[int]:
+    count = [0] * len(prog.nodes)
+    for n in prog.nodes:
+        for a in n.args:
+            count[a] += 1
+    for i in (*prog.outputs, *prog.next_states):
+        count[i] += 1
+    return count
+
+
+def reassociate(prog: Program) -> Program:
+    dep = state_dependent(prog)
+    uses = _consumers(prog)
+    nodes = prog.nodes
+    parent_add = set()          # adds that fold into the add consuming them
+    for n in nodes:
+        if n.op == "add":
+            for a in n.args:
+                if nodes[a].op == "add" and uses[a] == 1:
+                    parent_add.add(a)
+
+    def terms(i: int, top: bool = False) -> list[int]:
+        n = nodes[i]
+        if n.op == "add" and (top or i in parent_add):
+            return [t for a in n.args for t in terms(a)]
+        return [i]
+
+    out: list[Node] = []
+    new_id: dict[int, int] = {}
+    new_dep: dict[int, bool] = {}
+
+    def add(op: str, args: tuple[int, ...], shape: tuple[int, ...], **attrs) -> int:
+        out.append(Node(len(out), op, args, tuple(sorted(attrs.items())), shape))
+        new_dep[len(out) - 1] = any(new_dep[a] for a in args)
+        return len(out) - 1
+
+    def fold(ids: list[int]) -> int:
+        acc = ids[0]
+        for t in ids[1:]:
+            acc = add("add", (acc, t), broadcast(out[acc].shape, out[t].shape))  # type: ignore[arg-type]
+        return acc
+
+    for n in nodes:
+        if n.op == "add" and n.id not in parent_add and n.dtype == "float":
+            ts = terms(n.id, top=True)
+            free = [new_id[t] for t in ts if not dep[t]]
+            stateful = [new_id[t] for t in ts if dep[t]]
+            if free and stateful:
+                f = fold(free)
+                first = out[stateful[0]]
+                a, w = (out[first.args[0]], out[first.args[1]]) if first.op == "matmul" else (None, None)
+                if (a is not None and w is not None and len(a.shape) == 2 and a.batched and len(w.shape) == 2
+                        and not w.batched and broadcast(out[f].shape, first.shape) == first.shape):
+                    s = add("gemm", (first.args[0], first.args[1], f), first.shape)   # a @ W + free
+                    new_id[n.id] = fold([s, *stateful[1:]]) if stateful[1:] else s
+                else:
+                    new_id[n.id] = add("add", (fold(stateful), f), n.shape)
+                if out[new_id[n.id]].shape != n.shape:   # never expected: keep the original
+                    raise AssertionError("reassociation changed a shape")
+                continue
+        new_id[n.id] = len(out)
+        out.append(replace(n, id=len(out), args=tuple(new_id[a] for a in n.args)))
+        new_dep[new_id[n.id]] = dep[n.id]
+    if len(out) == len(nodes) and all(o == n for o, n in zip(out, nodes)):
+        return prog
+    remap = lambda pairs: tuple((k, new_id[i]) for k, i in pairs)  # noqa: E731
+    return Program(tuple(out), remap(prog.inputs), remap(prog.states), remap(prog.params),
+                   tuple(new_id[i] for i in prog.next_states), tuple(new_id[i] for i in prog.outputs))
+
+
+class ReassociateSums:
+    name = "reassociate-sums"
+
+    def run(self, graph: Graph) -> PassResult:
+        changed = False
+
+        def visit(layer: Layer) -> Layer:
+            nonlocal changed
+            subs = tuple(visit(s) for s in layer.sublayers)
+            cells = tuple(_cell(c) for c in layer.cells)
+            if cells != layer.cells or subs != layer.sublayers:
+                changed = True
+                return replace(layer, cells=cells, sublayers=subs)
+            return layer
+
+        layers = {name: visit(layer) for name, layer in graph.layers.items()}
+        return PassResult(Graph(graph.name, graph.inputs, layers, graph.outputs, graph.weights, graph.file,
+                                graph.seed), changed)
+
+
+def _cell(c: Cell) -> Cell:
+    """The regrouped step goes to `lowered`; `program` stays as parsed, for the reference."""
+    if not c.custom:
+        return c
+    prog = reassociate(c.program)
+    return c if prog is c.program else replace(c, lowered=prog)
