@@ -82,15 +82,25 @@ def _merge(layer, w, env):
     elif k == "Add":
         y = sum(xs[1:], xs[0])
     elif k == "Multiply":
-        y = xs[0]
-        for v in xs[1:]:
-            y = y * v
+        # Keras 3: a masked input counts as 1 at its masked steps; with every input masked,
+        # the product is zeroed where no input is unmasked
+        masks = [None if m is None else np.asarray(env[m], dtype=bool)[..., None] for m in layer.config["input_masks"]]
+        y = np.ones_like(xs[0])
+        for v, m in zip(xs, masks):
+            y = y * (v if m is None else np.where(m, v, 1.0))
+        if all(m is not None for m in masks):
+            y = np.where(np.logical_or.reduce(masks), y, 0.0)
     else:
         y = sum(xs[1:], xs[0]) / len(xs)
     out = {"output": y}
-    if "mask" in layer.outputs:   # Keras: AND of the inputs' masks
-        masks = [np.asarray(env[m], dtype=bool) for m in layer.config["input_masks"] if m is not None]
-        out["mask"] = np.logical_and.reduce(masks)
+    if "mask" in layer.outputs:
+        masks = [None if m is None else np.asarray(env[m], dtype=bool) for m in layer.config["input_masks"]]
+        if k == "Concatenate":   # Keras: broadcast each mask over its input (none: all true), concat, any(-1)
+            full = [np.ones(x.shape, bool) if m is None else np.broadcast_to(m[..., None], x.shape)
+                    for m, x in zip(masks, xs)]
+            out["mask"] = np.any(np.concatenate(full, axis=layer.config["axis"]), axis=-1)
+        else:                    # Keras: the OR of the masks
+            out["mask"] = np.logical_or.reduce(masks)
     return out
 
 

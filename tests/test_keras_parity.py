@@ -697,3 +697,39 @@ def test_merge_layers(merge, return_sequences):
     c = Compiled(keras.Model(x, [y, m]), spec, ["dense", "merge"], portable=True)
     c.check({"x": rand_x((B, T, F))})
     c.expect(native=2, loops=0)
+
+
+# --------------------------------------------------------------------------- merged masks
+
+@pytest.mark.parametrize("kind, axis", [("Add", -1), ("Multiply", -1), ("Average", -1), ("Concatenate", -1),
+                                        ("Concatenate", 1)])
+@pytest.mark.parametrize("masked", ["both", "one"])
+def test_merged_masks_follow_keras(kind, axis, masked):
+    """Keras 3 merges masks with OR (Add/Multiply/Average: none if an input has none;
+    Concatenate: an unmasked input counts as all-true), and Multiply treats masked steps as 1."""
+    a_in, b_in = keras.Input((None, F), name="a"), keras.Input((None, F), name="b")
+    ha = keras.layers.Masking(name="ma")(a_in)
+    hb = keras.layers.Masking(name="mb")(b_in) if masked == "both" else b_in
+    merge = keras.layers.Concatenate(axis=axis, name="m") if kind == "Concatenate" else getattr(keras.layers, kind)(name="m")
+    y = keras.layers.GRU(4, return_sequences=True, name="g")(merge([ha, hb]))
+    model = keras.Model([a_in, b_in], y)
+    rng = np.random.default_rng(5)
+    g = model.get_layer("g")
+    w = [rng.normal(0, 0.4, size=v.shape).astype(np.float32) for v in g.get_weights()]
+    g.set_weights(w)
+    b_ref = "mb" if masked == "both" else "b"
+    text = (f"rnnc: 1\ninputs: {{a: {{shape: [batch, time, {F}]}}, b: {{shape: [batch, time, {F}]}}}}\nlayers:\n"
+            "  - {type: Masking, name: ma, input: a}\n" + ("  - {type: Masking, name: mb, input: b}\n" if masked == "both" else "")
+            + f"  - {{type: {kind}, name: m, input: [ma, {b_ref}]" + (f", axis: {axis}" if kind == "Concatenate" else "")
+            + "}\n  - {type: GRU, name: g, units: 4, return_sequences: true}\n")
+    c = rnnc.compile_spec(load_spec_text(text, "m.yaml"),
+                          weights={"g/kernel": w[0], "g/recurrent_kernel": w[1], "g/bias": w[2]})
+    xa, xb = rand_x((B, 6, F), 1), rand_x((B, 6, F), 2)
+    xa[0, 4:] = 0
+    xa[1, 2] = 0
+    xb[0, 3:] = 0
+    xb[2, :2] = 0
+    want = keras.ops.convert_to_numpy(model([xa, xb], training=False))
+    got = run_ort(c.model, {"a": xa, "b": xb})["g"]
+    assert np.max(np.abs(got - want)) <= 1e-5
+    assert np.max(np.abs(run_reference(c.graph, c.weights, {"a": xa, "b": xb})["g"] - want)) <= 1e-5

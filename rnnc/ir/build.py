@@ -233,12 +233,17 @@ class _Builder:
                         raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same shape, got {', '.join(map(str, types))}")
             out = first
         outs = {"output": out}
+        # Keras 3 (layers/merging): Add, Multiply and Average give no mask when any input has
+        # none, else the OR of the masks; Concatenate ORs the masks broadcast over the inputs
+        # (an unmasked input counts as all-true), concatenated along the axis, over the last axis.
         present = [m for m in masks if m is not None]
         mask_out = None
-        if len(set(present)) == 1:
+        if t != "Concatenate" and None in masks:
+            present = []
+        same_axis_last = t != "Concatenate" or decl.config["axis"] % first.rank == first.rank - 1
+        if present and len(set(masks)) == 1 and same_axis_last:
             mask_out = present[0]
         elif present:
-            # Keras: the merged mask is the AND of the inputs' masks (missing masks are all-true).
             outs["mask"] = TensorType("bool", out.dims[:-1])
             mask_out = Ref(decl.name, "mask")
         base = {**base, "config": {**decl.config, "input_masks": tuple(masks)}}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from ..ir.graph import Layer
 from . import activations
@@ -75,13 +76,28 @@ def activation(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
 
 
 def _merge_mask(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
+    """Keras 3's merged mask: Add/Multiply/Average OR the masks; Concatenate broadcasts each
+    mask over its input (an unmasked input is all true), concatenates along the axis and ORs
+    over the last axis."""
     if "mask" not in layer.outputs:
         return {}
-    masks = [ctx.env[m] for m in layer.config["input_masks"] if m is not None]
-    out = masks[0]
-    for m in masks[1:]:
-        out = ctx.b.op("And", [out, m])
-    return {"mask": ctx.b.op("Identity", [out], name="mask")}
+    b = ctx.b
+    masks = layer.config["input_masks"]
+    if layer.kind != "Concatenate":
+        out = ctx.env[masks[0]]
+        for m in masks[1:]:
+            out = b.op("Or", [out, ctx.env[m]])
+        return {"mask": b.op("Identity", [out], name="mask")}
+    full = []
+    for r, m in zip(layer.inputs, masks):
+        x = ctx.env[r]
+        if m is None:                                            # all true, shaped like x
+            full.append(b.op("Cast", [b.op("Shape", [x])], to=TensorProto.INT64))
+            full[-1] = b.op("ConstantOfShape", [full[-1]], value=helper.make_tensor("one", TensorProto.BOOL, [1], [True]))
+        else:                                                    # [B, T] -> [B, T, F]
+            full.append(b.op("Expand", [b.op("Unsqueeze", [ctx.env[m], b.const([-1])]), b.op("Shape", [x])]))
+    cat = b.op("Cast", [b.op("Concat", full, axis=layer.config["axis"])], to=TensorProto.INT32)
+    return {"mask": b.op("Cast", [b.op("ReduceMax", [cat, b.const([-1])], keepdims=0)], to=TensorProto.BOOL, name="mask")}
 
 
 @register("Concatenate", "plain")
@@ -92,12 +108,25 @@ def concatenate(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
 
 def _elementwise(op: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
+        b = ctx.b
         xs = [ctx.env[r] for r in layer.inputs]
+        masks = layer.config["input_masks"]
+        if op == "Multiply" and any(m is not None for m in masks):
+            # Keras 3: a masked input counts as 1 at its masked steps; with every input masked,
+            # the product is zeroed where no input is unmasked
+            one = b.const(np.float32(1.0), dtype="float32")
+            ms = [None if m is None else b.op("Unsqueeze", [ctx.env[m], b.const([-1])]) for m in masks]
+            xs = [x if m is None else b.op("Where", [m, x, one]) for x, m in zip(xs, ms)]
         y = xs[0]
         for x in xs[1:]:
-            y = ctx.b.op("Mul" if op == "Multiply" else "Add", [y, x])
+            y = b.op("Mul" if op == "Multiply" else "Add", [y, x])
+        if op == "Multiply" and all(m is not None for m in masks):
+            anym = ms[0]
+            for m in ms[1:]:
+                anym = b.op("Or", [anym, m])
+            y = b.op("Where", [anym, y, b.const(np.float32(0.0), dtype="float32")])
         if op == "Average":
-            y = ctx.b.op("Div", [y, ctx.b.const(np.float32(len(xs)), dtype="float32")])
+            y = b.op("Div", [y, b.const(np.float32(len(xs)), dtype="float32")])
         return {"output": y, **_merge_mask(ctx, layer)}
     return rule
 
