@@ -1,4 +1,4 @@
-"""The command line: rnnc compile | check | summary | inspect | run.
+"""The command line: rnnc compile | check | summary | inspect | run | import.
 
 Every user error prints one clear message (no traceback; --debug shows it) and exits 2,
 with nothing written."""
@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                         "onnx.reference also implements")
     c.add_argument("--strict-gpu", action="store_true",
                    help="where CUDA is present, fail (and write nothing) if ONNX Runtime would put any node on the CPU")
+    from .importers.commands import VERIFY_HELP, WEIGHTS_FROM, add_import_parser
+    c.add_argument("--weights-from", choices=WEIGHTS_FROM, default="rnnc",
+                   help="what --weights is: rnnc (default: .npz/.safetensors with rnnc's keys), keras (a .weights.h5 "
+                        "or .keras file) or torch (a state_dict saved with torch.save, loaded with weights_only=True)")
+    c.add_argument("--verify", action="store_true", help=VERIFY_HELP)
 
     for name, text in (("check", "validate a spec (nothing is written)"), ("summary", "print a Keras-like summary")):
         s = sub.add_parser(name, parents=[common], help=text)
@@ -68,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--png", metavar="FILE", help="draw the lowered graph as PNG (needs Graphviz)")
     i.add_argument("--weights", help="weights for a spec (.npz or .safetensors)")
     i.add_argument("--target", choices=("ort", "portable"), default="ort", help="target for a spec (default ort)")
+    add_import_parser(sub, common)
     return p
 
 
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER
     try:
         return {"compile": cmd_compile, "check": cmd_check, "summary": cmd_summary, "run": cmd_run,
-                "inspect": cmd_inspect}[args.command](args)
+                "inspect": cmd_inspect, "import": cmd_import}[args.command](args)
     except RnncError as e:
         if args.debug:
             traceback.print_exc()
@@ -95,8 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importers.commands import cmd_import as run
+
+    return run(args)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .emit import save_atomic
+    from .importers.commands import compile_with
     from .pipeline import compile_spec
 
     out = Path(args.output)
@@ -104,12 +117,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise RnncError(f"-o {out}: expected a file name ending in .onnx")
     if not out.parent.exists():
         raise RnncError(f"-o {out}: folder {out.parent} does not exist")
-    c = compile_spec(args.spec, weights=args.weights, opset=args.opset, ir_version=args.ir_version,
-                     target=args.target)
+    c = compile_with(args, compile_spec)    # --weights-from keras|torch and --verify: rnnc/importers
     if args.strict_gpu:                     # checked before writing: on error nothing is written
         sess = _strict_session(c.model, "auto", str(out))
         if sess.fallback:
             print(f"--strict-gpu: not checked: {sess.fallback}")
+        elif sess.strict_gpu:
+            print("--strict-gpu: ok: ONNX Runtime places every main-graph node on CUDA")
     save_atomic(c.model, out)
     print(f"wrote {out} (opset {args.opset}, IR {args.ir_version}, {len(c.model.graph.node)} nodes, "
           f"{c.graph.param_count():,} params)")

@@ -1,0 +1,131 @@
+"""The CLI side of importing: `rnnc import keras|torch` and `rnnc compile --weights-from
+keras|torch [--verify]` (rnnc/cli.py parses the arguments and calls these)."""
+from __future__ import annotations
+
+import argparse
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import RnncError
+from .common import Imported, output_paths, write_imported
+
+WEIGHTS_FROM = ("rnnc", "keras", "torch")
+
+IMPORT_HELP = """\
+keras MODEL.keras -o SPEC.yaml: the spec (architecture) and SPEC.npz (weights) from a Keras 3 .keras file,
+read as data (zip, JSON, HDF5): Keras need not be installed and nothing in the file is executed.
+keras MODEL.weights.h5 --spec SPEC.yaml -o OUT.yaml: a Keras .weights.h5 (model.save_weights) mapped onto
+your spec by layer name. torch MODEL.pt --spec SPEC.yaml -o OUT.yaml: a PyTorch state_dict mapped onto your
+spec (see SPEC.md / README: "Importing")."""
+
+VERIFY_HELP = ("also run the source framework and ONNX Runtime on the same random input and print the max "
+               "difference (nothing is written if it is above 1e-4). Keras: loads the .keras file with "
+               "keras.saving.load_model(safe_mode=True), only when Keras is installed. PyTorch: rebuilds the torch "
+               "modules from the spec (plain stacks only)")
+
+
+def add_import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    m = sub.add_parser("import", parents=[common], help="import a trained Keras 3 or PyTorch model as a spec + weights",
+                       description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("framework", choices=("keras", "torch"))
+    m.add_argument("model", metavar="MODEL", help="MODEL.keras, MODEL.weights.h5 (with --spec) or a PyTorch "
+                                                  "state_dict .pt/.pth (with --spec)")
+    m.add_argument("-o", "--output", required=True, help="the spec to write (.yaml); its .npz is written beside it")
+    m.add_argument("--spec", help="the spec to map the weights onto (.weights.h5 and PyTorch state_dicts)")
+    m.add_argument("--verify", action="store_true", help=VERIFY_HELP)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    output_paths(args.output)                     # a bad -o fails before any work
+    model = Path(args.model)
+    if args.framework == "keras" and args.spec is None:
+        if model.name.endswith(".weights.h5") or model.suffix == ".h5":
+            raise RnncError(f"{model}: a weights file holds no architecture: pass the spec it belongs to with "
+                            "--spec SPEC.yaml (or import the .keras file)")
+        from .keras_file import import_keras
+
+        imp = import_keras(model, spec_file=Path(args.output).name)
+    else:
+        if args.spec is None:
+            raise RnncError(f"{model}: a PyTorch state_dict holds no architecture: pass the spec to map it onto "
+                            "with --spec SPEC.yaml")
+        imp = _onto_spec(args.framework, model, Path(args.spec))
+    if args.verify:
+        _verify(args.framework, str(model), imp.compiled)
+    spec_path, npz_path = write_imported(imp, args.output)
+    print(f"wrote {spec_path} and {npz_path} ({len(imp.compiled.graph.layers)} layers, "
+          f"{imp.compiled.graph.param_count():,} params)")
+    for note in imp.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def _onto_spec(framework: str, model: Path, spec_path: Path) -> Imported:
+    from ..pipeline import compile_spec
+    from ..spec import load_spec
+    from .keras_file import import_keras_weights
+
+    if framework == "keras":
+        return import_keras_weights(model, spec_path)
+    spec = load_spec(spec_path)
+    weights = weights_for_spec(spec, str(model), "torch")
+    return Imported(spec_path.read_text(encoding="utf-8"), weights, compile_spec(spec, weights=weights), [], str(model))
+
+
+def weights_for_spec(spec: Any, path: str, source: str) -> dict:
+    """`--weights-from keras|torch`: the file's weights under the spec's keys."""
+    from ..ir import build_graph
+
+    graph = build_graph(spec)
+    if source == "keras":
+        from .keras_file import keras_weights_for_graph
+
+        return keras_weights_for_graph(path, graph)
+    from .torch_state import torch_weights_for_graph
+
+    return torch_weights_for_graph(path, graph)
+
+
+def compile_with(args: argparse.Namespace, compile_spec: Any) -> Any:
+    """rnnc compile's weights: the spec's own (`rnnc`), or mapped from Keras / PyTorch."""
+    source = getattr(args, "weights_from", "rnnc") or "rnnc"
+    verify = getattr(args, "verify", False)
+    kw = dict(opset=args.opset, ir_version=args.ir_version, target=args.target)
+    if source == "rnnc":
+        if verify:
+            raise RnncError("--verify needs --weights-from keras or torch: it compares with the source framework")
+        return compile_spec(args.spec, weights=args.weights, **kw)
+    if not args.weights:
+        raise RnncError(f"--weights-from {source} needs --weights FILE (a "
+                        + ("Keras .weights.h5 or .keras file)" if source == "keras" else "PyTorch state_dict)"))
+    from ..spec import load_spec
+
+    spec = load_spec(args.spec)
+    c = compile_spec(spec, weights=weights_for_spec(spec, args.weights, source), **kw)
+    if verify:
+        _verify(source, args.weights, c)
+    return c
+
+
+def _verify(source: str, path: str, compiled: Any) -> None:
+    from .verify import VerifyUnavailable
+
+    if source == "keras" and not zipfile.is_zipfile(path):
+        print("verify: not available: a .weights.h5 holds no architecture to run in Keras (verify with the "
+              ".keras file)")
+        return
+    try:
+        if source == "keras":
+            from .verify import verify_keras
+
+            report = verify_keras(path, compiled)
+        else:
+            from .torch_verify import verify_torch
+
+            report = verify_torch(path, compiled)
+    except VerifyUnavailable as e:
+        print(f"verify: not available for this model: {e}")
+        return
+    print(report.text())
+    report.check()

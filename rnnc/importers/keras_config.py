@@ -1,0 +1,243 @@
+"""A Keras 3 layer config (`config.json` of a `.keras` file) → an rnnc spec layer mapping.
+
+Each Keras option is either mapped to the spec key of the same name (written only where it
+differs from rnnc's default), ignored because it only matters in training (initializers
+silently; regularizers and constraints with a note), or required to have the one value that
+rnnc reproduces (anything else is an error that names the layer, its place in the config and
+the option). An option this table does not know is an error unless it is null or false."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Problem
+from ..spec import schema as S
+
+SUPPORTED = ("Embedding", "Masking", "LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "Dense",
+             "BatchNormalization", "Dropout", "Activation", "Concatenate", "Add", "Multiply", "Average")
+RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN")
+CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
+IGNORED = {"name", "trainable", "seed", "build_config", "use_cudnn", "implementation", "lora_alpha",
+           "momentum", "synchronized", "renorm_clipping", "renorm_momentum", "noise_shape"}
+
+# option → (value rnnc reproduces, why another value cannot be)
+REQUIRED: dict[str, tuple[Any, str]] = {
+    "time_major": (False, "rnnc reads (batch, time, features); transpose the input instead"),
+    "zero_output_for_mask": (False, "rnnc repeats the previous output at masked steps (Keras's default); "
+                                    "zero outputs are only reproduced inside Bidirectional"),
+    "quantization_config": (None, "quantized layers are not supported; import the float model"),
+    "lora_rank": (None, "LoRA layers are not supported; merge the LoRA weights into the kernel first"),
+    "renorm": (False, "batch renormalization is not supported"),
+    "sparse": (False, "sparse tensors are not supported"),
+    "ragged": (False, "ragged tensors are not supported"),
+    "optional": (False, "optional inputs are not supported"),
+    "constants": (None, "RNN constants are not supported"),
+}
+SEQUENCE = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
+
+
+class LayerConverter:
+    """Converts one layer config at a time; collects problems and notes."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.problems: list[Problem] = []
+        self.notes: list[str] = []
+        self.bn_flags: dict[str, tuple[bool, bool]] = {}
+
+    def err(self, where: str, message: str) -> None:
+        self.problems.append(Problem(message, file=self.file, path=where))
+
+    # -- one layer ------------------------------------------------------------------
+    def layer(self, entry: dict, where: str, *, inner: bool = False) -> dict | None:
+        """A Keras layer entry ({class_name, config, ...}) → a spec mapping (without
+        `input`), or None with the problem recorded."""
+        cls = entry.get("class_name")
+        cfg = entry.get("config") or {}
+        name = cfg.get("name") if isinstance(cfg, dict) else None
+        loc = f"{where} ({name}, {cls})"
+        if cls not in SUPPORTED or not str(entry.get("module", "keras")).startswith("keras"):
+            self.err(loc, f"layer type {cls} is not supported by rnnc: expected one of {', '.join(SUPPORTED)}")
+            return None
+        if inner and cls not in RECURRENT:
+            self.err(loc, f"expected a recurrent layer ({', '.join(RECURRENT)}) inside Bidirectional, got {cls}")
+            return None
+        if not isinstance(name, str) or not name or "/" in name or "." in name:
+            self.err(loc, f"layer name {name!r}: rnnc needs a non-empty name without '/' or '.'")
+            return None
+        out: dict[str, Any] = {"type": cls} if inner else {"type": cls, "name": name}
+        keys = dict(S.LAYER_KEYS[cls])
+        handled: set[str] = set()
+        if cls in RECURRENT:
+            if cls != "RNN":
+                keys.update(S.CELL_KEYS[S.CELL_OF_LAYER[cls]])
+            if inner:
+                # Keras's Bidirectional forces zero_output_for_mask = return_sequences on both
+                # halves; rnnc's Bidirectional does the same.
+                handled.add("zero_output_for_mask")
+                if cfg.get("stateful"):
+                    self.err(loc, "stateful=True inside Bidirectional is not supported: a backward half cannot "
+                                  "stream (it reads each chunk from its end)")
+        keys.pop("initial_state", None)
+        keys.pop("lowering", None)
+        if cls == "RNN":
+            cell = self.cell(cfg.get("cell"), f"{where}.config.cell", loc)
+            if cell is None:
+                return None
+            out["cell"] = cell
+            handled.add("cell")
+        if cls == "Bidirectional":
+            if not self.bidirectional(cfg, where, loc, out):
+                return None
+            handled |= {"layer", "backward_layer"}
+        if cls == "BatchNormalization":
+            self.bn_flags[name] = (bool(cfg.get("center", True)), bool(cfg.get("scale", True)))
+            handled |= {"center", "scale"}
+            axis = cfg.get("axis", -1)
+            if isinstance(axis, list):
+                if len(axis) != 1:
+                    self.err(loc, f"axis={axis}: rnnc normalizes over one axis")
+                    return None
+                cfg = {**cfg, "axis": axis[0]}
+        self.options(cfg, keys, loc, out, handled)
+        return out
+
+    def bidirectional(self, cfg: dict, where: str, loc: str, out: dict) -> bool:
+        fwd = self.layer(cfg.get("layer") or {}, f"{where}.config.layer", inner=True)
+        bwd_entry = cfg.get("backward_layer")
+        bwd = self.layer(bwd_entry, f"{where}.config.backward_layer", inner=True) if bwd_entry else None
+        if fwd is None or (bwd_entry and bwd is None):
+            return False
+        out["layer"] = fwd
+        # Keras 3 writes backward_layer even when it made it itself (a copy of `layer` with
+        # go_backwards flipped): keep it only where it differs from that copy.
+        if bwd is not None and _norm(bwd) != _norm({**fwd, "go_backwards": not fwd.get("go_backwards", False)}):
+            out["backward_layer"] = bwd
+        return True
+
+    def cell(self, entry: Any, where: str, loc: str) -> dict | list | None:
+        if not isinstance(entry, dict):
+            self.err(loc, f"{where}: expected a cell config, got {type(entry).__name__}")
+            return None
+        cls = entry.get("class_name")
+        cfg = entry.get("config") or {}
+        if cls == "StackedRNNCells":
+            cells = [self.cell(c, f"{where}.config.cells[{i}]", loc) for i, c in enumerate(cfg.get("cells") or [])]
+            if not cells or any(c is None for c in cells):
+                if not cells:
+                    self.err(loc, f"{where}: StackedRNNCells without cells")
+                return None
+            self.options(cfg, {}, f"{loc} {where}", {}, {"cells"})
+            return cells
+        if cls not in CELLS:
+            self.err(loc, f"{where}: cell class {cls} is not supported: expected one of {', '.join(CELLS)} "
+                          "(rnnc imports no Python code; write a custom cell under `cells:` in a spec)")
+            return None
+        out: dict[str, Any] = {"type": cls}
+        self.options(cfg, dict(S.CELL_KEYS[cls]), f"{loc} {where}", out, set())
+        return out
+
+    # -- options ----------------------------------------------------------------------
+    def options(self, cfg: dict, keys: dict[str, S.Key], loc: str, out: dict, handled: set[str]) -> None:
+        """Map, ignore or require each option of `cfg` (see the module docstring)."""
+        for k in keys:                  # mapped keys first, in the spec's order (units first)
+            if k in cfg and k not in handled:
+                v = cfg[k]
+                ok, _, expected = keys[k].check(v)
+                if not ok:
+                    hint = " (rnnc's activations)" if "activation" in k else ""
+                    self.err(loc, f"{k}={_shown(v)} is not supported: expected {expected}{hint}")
+                elif _differs(v, keys[k].default):
+                    out[k] = v
+        for k, v in cfg.items():
+            if k in keys or k in handled or k in IGNORED or k.endswith("_initializer"):
+                continue
+            if k == "dtype":
+                self.dtype_policy(v, loc)
+            elif k.endswith("_regularizer") or k.endswith("_constraint"):
+                if v is not None:
+                    self.notes.append(f"{loc}: {k} ignored (it only acts in training)")
+            elif k in REQUIRED:
+                want, why = REQUIRED[k]
+                if v != want and not (want is None and v is False):
+                    self.err(loc, f"{k}={_shown(v)} is not supported: {why}")
+            elif v not in (None, False):
+                self.err(loc, f"option {k}={_shown(v)} is not known to rnnc's Keras importer")
+
+    def dtype_policy(self, v: Any, loc: str) -> None:
+        name = v.get("config", {}).get("name") if isinstance(v, dict) else v
+        if name not in (None, "float32"):
+            self.err(loc, f"dtype policy {name!r} is not supported: rnnc computes in float32")
+
+
+def _norm(layer: dict) -> dict:
+    return {k: v for k, v in layer.items() if not (k == "go_backwards" and v is False)}
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is not default
+    if isinstance(value, (int, float)) and isinstance(default, (int, float)):
+        return float(value) != float(default)
+    return value != default
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, dict):
+        return str(v.get("class_name", "a mapping"))
+    return repr(v)
+
+
+# -- ports: the references a Keras layer's output tensors become --------------------
+
+def _cell_list(entry: dict) -> list[dict]:
+    if entry["type"] in S.CELL_OF_LAYER:
+        return [{"type": S.CELL_OF_LAYER[entry["type"]]}]
+    cell = entry["cell"]
+    return cell if isinstance(cell, list) else [cell]
+
+
+def state_ports(entry: dict) -> list[str]:
+    """rnnc's state ports of a recurrent spec layer (rnnc/ir/build.py: _state_ports)."""
+    cells = _cell_list(entry)
+    out = []
+    for i, c in enumerate(cells):
+        suffix = f"_{i}" if len(cells) > 1 else ""
+        out += [f"state_h{suffix}", f"state_c{suffix}"] if c["type"] == "LSTMCell" else [f"state{suffix}"]
+    return out
+
+
+def ports(entry: dict) -> list[str]:
+    """The references of a spec layer's outputs, in Keras's flattened output order."""
+    name, t = entry["name"], entry["type"]
+    if t in RECURRENT:
+        states = state_ports(entry) if entry.get("return_state") else []
+        return [name] + [f"{name}.{p}" for p in states]
+    if t == "Bidirectional":
+        inner = entry["layer"]
+        back = entry.get("backward_layer", inner)
+        main = [f"{name}.forward", f"{name}.backward"] if entry.get("merge_mode", "concat") is None else [name]
+        if not inner.get("return_state"):
+            return main
+        return main + [f"{name}.forward_{p}" for p in state_ports({**inner, "name": ""})] + \
+            [f"{name}.backward_{p}" for p in state_ports({**back, "name": ""})]
+    return [name]
+
+
+# -- Keras tensors in inbound nodes ---------------------------------------------------
+
+def _is_tensor(v: Any) -> bool:
+    return isinstance(v, dict) and v.get("class_name") == "__keras_tensor__"
+
+
+def _history(v: dict) -> tuple[str, int, int]:
+    h = v.get("config", {}).get("keras_history")
+    return (str(h[0]), int(h[1]), int(h[2]))
+
+
+def tensors(v: Any) -> list[tuple[str, int, int]]:
+    """Every Keras tensor in a (nested) argument, in order."""
+    if _is_tensor(v):
+        return [_history(v)]
+    if isinstance(v, (list, tuple)):
+        return [t for x in v for t in tensors(x)]
+    return []

@@ -1,0 +1,138 @@
+"""Masks: the one Keras recorded for each recurrent layer against the one rnnc derives.
+
+Keras 3 writes the mask it passes to a layer (`mask=` in the layer's inbound node) as a
+chain of keras.ops nodes: `Masking(v)` on x is `Any(NotEqual(x, v), axis=-1)`,
+`Embedding(mask_zero=True)` on t is `NotEqual(t, 0)`, and merge layers combine masks with
+`LogicalOr` (Concatenate through ExpandDims / OnesLike / Any). Both sides are reduced to the
+same form, a set of atoms OR-ed together (None: no mask), and compared."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Problem
+from ..ir.graph import Graph
+from ..ir.types import Ref
+from .keras_config import RECURRENT, tensors as _tensors
+
+if TYPE_CHECKING:
+    from .keras_file import ModelConverter
+
+Tensor = tuple[str, int, int]
+ALL = "all-true"
+MERGES = ("Concatenate", "Add", "Multiply", "Average")
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _one(v: Any) -> Tensor:
+    ts = _tensors(v)
+    if len(ts) != 1:
+        raise _Unsupported("an operation with several tensor arguments")
+    return ts[0]
+
+
+class _KerasMasks:
+    def __init__(self, mc: "ModelConverter"):
+        self.ops = mc.ops
+
+    def op(self, t: Tensor) -> tuple[str, dict, list]:
+        if t[0] not in self.ops:
+            raise _Unsupported(f"a mask taken from {t[0]!r} (not computed by Masking, Embedding or a merge)")
+        cls, cfg, node = self.ops[t[0]]
+        return cls, cfg, node.get("args") or []
+
+    def canon(self, t: Tensor) -> frozenset | str:
+        cls, cfg, args = self.op(t)
+        if cls == "NotEqual" and len(args) == 2 and isinstance(args[1], (int, float)):
+            return frozenset({("ne", _one(args[0]), float(args[1]))})
+        if cls == "LogicalOr" and len(args) == 2:
+            return _or(self.canon(_one(args[0])), self.canon(_one(args[1])))
+        if cls == "Any" and cfg.get("axis", -1) == -1 and not cfg.get("keepdims", False):
+            inner = _one(args[0])
+            icls, _, iargs = self.op(inner)
+            if icls == "NotEqual" and len(iargs) == 2 and isinstance(iargs[1], (int, float)):
+                return frozenset({("any_ne", _one(iargs[0]), float(iargs[1]))})
+            if icls == "Concatenate":
+                out: frozenset | str = frozenset()
+                for part in _tensors(iargs[0]):
+                    out = _or(out, self.part(part))
+                return out
+        raise _Unsupported(f"operation {cls}")
+
+    def part(self, t: Tensor) -> frozenset | str:
+        """One input of Concatenate's mask: ExpandDims(m), LogicalOr(ExpandDims(m), ZerosLike) or OnesLike."""
+        cls, _, args = self.op(t)
+        if cls == "OnesLike":
+            return ALL
+        if cls == "ExpandDims":
+            return self.canon(_one(args[0]))
+        if cls == "LogicalOr" and len(args) == 2:
+            a, b = (self.op(_one(x)) for x in args)
+            if a[0] == "ExpandDims" and b[0] == "ZerosLike":
+                return self.canon(_one(a[2][0]))
+        raise _Unsupported(f"operation {cls} in a Concatenate mask")
+
+
+def _or(a: frozenset | str, b: frozenset | str) -> frozenset | str:
+    return ALL if ALL in (a, b) else a | b  # type: ignore[operator]
+
+
+def _rnnc(mc: "ModelConverter", graph: Graph, ref: Ref | None) -> Any:
+    """The mask rnnc derives, in the same form ("and" marks rnnc's AND of different masks)."""
+    if ref is None:
+        return None
+    layer = graph.layers[ref.layer]
+    src = mc.input_of.get(layer.name)
+    if layer.kind == "Masking":
+        return frozenset({("any_ne", src, float(layer.config["mask_value"]))})
+    if layer.kind == "Embedding":
+        return frozenset({("ne", src, 0.0)})
+    if layer.kind in MERGES:
+        present = {_rnnc(mc, graph, m) for m in layer.config["input_masks"] if m is not None}
+        present.discard(None)
+        return present.pop() if len(present) == 1 else ("and", frozenset(present))
+    return ("from", ref.layer)
+
+
+def describe(m: Any) -> str:
+    if m is None or m == ALL:
+        return "no mask"
+    if isinstance(m, tuple) and m[0] == "and":
+        return "the mask AND of (" + "; ".join(sorted(describe(x).removeprefix("the mask ") for x in m[1])) + ")"
+    if isinstance(m, tuple):
+        return f"the mask output of {m[1]!r}"
+    parts = []
+    for kind, t, v in sorted(m, key=str):
+        parts.append(f"{t[0]}[{t[2]}] != {v:g}" + (" (any feature)" if kind == "any_ne" else ""))
+    return "the mask " + " OR ".join(parts)
+
+
+def check_masks(mc: "ModelConverter", graph: Graph) -> list[Problem]:
+    """A problem for each recurrent layer whose mask in Keras differs from rnnc's."""
+    problems = []
+    km = _KerasMasks(mc)
+    for spec in mc.layers:
+        name = spec["name"]
+        if spec["type"] not in (*RECURRENT, "Bidirectional") or name not in mc.nodes:
+            continue
+        tensor = (mc.nodes[name].get("kwargs") or {}).get("mask")
+        try:
+            ts = _tensors(tensor)
+            keras = km.canon(ts[0]) if ts else None
+        except _Unsupported as e:
+            problems.append(Problem(f"the mask Keras passes to this layer uses {e}, which rnnc does not reproduce",
+                                    file=mc.file, path=mc.where[name]))
+            continue
+        keras = None if keras == ALL or keras == frozenset() else keras
+        ours = _rnnc(mc, graph, graph.layers[name].mask_in)
+        if keras != ours:
+            hint = ""
+            if any(l["type"] in MERGES for l in mc.layers):
+                hint = (" (Keras 3 merges masks with OR in Add, Multiply, Average and Concatenate, and Add/Multiply/"
+                        "Average drop the mask when one input has none; rnnc merges them with AND)")
+            problems.append(Problem(f"Keras passes this layer {describe(keras)}, rnnc would use "
+                                    f"{describe(ours)}: the results would differ{hint}",
+                                    file=mc.file, path=mc.where[name]))
+    return problems
