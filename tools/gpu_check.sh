@@ -14,6 +14,7 @@ except ImportError as e:
 print("onnxruntime", ort.__version__, ort.get_available_providers())
 if "CUDAExecutionProvider" not in ort.get_available_providers():
     sys.exit("CUDAExecutionProvider is not available here: nothing to check")
+ort.set_default_logger_severity(3)
 import statistics, time
 import numpy as np
 import rnnc
@@ -38,6 +39,8 @@ for name, layer in CASES.items():
         so = ort.SessionOptions()
         so.log_severity_level = 3
         sessions[prov[0]] = ort.InferenceSession(model.SerializeToString(), so, providers=prov)
+    if sessions["CUDAExecutionProvider"].get_providers()[0] != "CUDAExecutionProvider":
+        sys.exit("CUDAExecutionProvider is listed but could not start (CUDA/cuDNN libraries or GPU missing)")
     outs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     diff = float(np.abs(outs["CPUExecutionProvider"] - outs["CUDAExecutionProvider"]).max())
     times = {}
