@@ -34,9 +34,24 @@ def median_time(fn, repeat: int, warmup: int = 10) -> float:
 def options(threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    # several sessions live side by side here: idle ones must not spin on the shared cores
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
+
+
+def rounds(models: dict[str, bytes], feeds: dict, repeat: int, threads: int, n: int = 5) -> dict[str, float]:
+    """Median time per variant over `n` rounds. Only one session lives at a time (an idle
+    session's thread pool spins and would steal the cores from the one being timed), and the
+    rounds interleave the variants so that drift on a shared machine hits them alike."""
+    import gc
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(n + 1):
+        for k, m in models.items():
+            s = ort.InferenceSession(m, options(threads), providers=["CPUExecutionProvider"])
+            t = median_time(lambda: s.run(None, feeds), repeat)
+            if r:                       # round 0 only warms up (CPU clocks, allocator, caches)
+                times[k].append(t)
+            del s
+            gc.collect()
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_stateful(repeat: int, threads: int) -> None:
@@ -111,21 +126,15 @@ def bench_loop(repeat: int, threads: int) -> None:
             "custom cell (step language)": rnnc.compile_spec(load_spec_text(cell), weights=w_custom),
         }
         x = np.random.default_rng(0).normal(size=(batch, steps, inp)).astype(np.float32)
-        sessions = {k: ort.InferenceSession(c.model.SerializeToString(), options(threads),
-                                            providers=["CPUExecutionProvider"]) for k, c in variants.items()}
-        ref = sessions["native LSTM op"].run(None, {"x": x})[0]
-        for k, s in sessions.items():   # the variants compute the same thing
-            assert np.max(np.abs(s.run(None, {"x": x})[0] - ref)) < 1e-4, k
-        times = {k: [] for k in sessions}
-        for s in sessions.values():      # a warm-up round, not counted
-            median_time(lambda: s.run(None, {"x": x}), repeat)
-        for _ in range(3):               # interleaved rounds: drift hits every variant alike
-            for k, s in sessions.items():
-                times[k].append(median_time(lambda: s.run(None, {"x": x}), repeat))
-        t0 = statistics.median(times["native LSTM op"])
+        ref = ort.InferenceSession(variants["native LSTM op"].model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for k, c in variants.items():   # the variants compute the same thing
+            got = ort.InferenceSession(c.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            assert np.max(np.abs(got - ref)) < 1e-4, k
+        times = rounds({k: c.model.SerializeToString() for k, c in variants.items()}, {"x": x}, repeat, threads)
+        t0 = times["native LSTM op"]
         print(f"LSTM batch {batch}, time {steps}, input {inp}, units {units} (CPU, {threads} threads)")
-        for k, ts in times.items():
-            t = statistics.median(ts)
+        for k, t in times.items():
             print(f"  {k:30s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}")
 
 
