@@ -16,6 +16,7 @@ from .weights import check_weights, default_weights, read_weights
 DEFAULT_OPSET = 21
 DEFAULT_IR_VERSION = 10
 TARGETS = ("ort", "portable")
+CONTROLS = ("auto", "loop", "scan")
 
 
 @dataclass
@@ -25,8 +26,8 @@ class Compiled:
     weights: dict[str, np.ndarray]
 
 
-def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, target: str = "ort"
-            ) -> tuple[Graph, dict[str, np.ndarray]]:
+def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, target: str = "ort",
+            control: str = "scan") -> tuple[Graph, dict[str, np.ndarray]]:
     """Load, build and choose lowerings (everything before ONNX); returns the graph and weights."""
     if target not in TARGETS:
         raise RnncError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
@@ -38,7 +39,8 @@ def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None
     from .lower.recurrent import fusable
 
     graph = run_passes(graph, [ReassociateSums(), HoistInputProjection(),
-                               ChooseLowering(supports=supports, fusable=fusable, target=target)])
+                               ChooseLowering(supports=supports, fusable=fusable, target=target,
+                                                             control=control)])
     return graph, w
 
 
@@ -55,20 +57,22 @@ def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None)
 
 def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, opset: int = DEFAULT_OPSET,
                  ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True,
-                 control: str = "loop") -> Compiled:
-    """Compile a spec to an ONNX model. `hoist=False` keeps the input projection inside Loops
-    (for benchmarks)."""
+                 control: str = "auto") -> Compiled:
+    """Compile a spec to an ONNX model. `control` is the ONNX op of a time loop: auto (Scan,
+    measured faster on ONNX Runtime: tools/bench.py), scan, or loop (the reference form).
+    `hoist=False` keeps the input projection inside the time loop (for benchmarks)."""
     from .emit import GraphBuilder, assemble, check
     from .emit.model import MIN_OPSET
     from .lower import LowerCtx, lower_graph
 
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise RnncError(f"--opset: expected {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}")
-    if control not in ("loop", "scan"):
-        raise RnncError(f"control: expected loop or scan, got {control!r}")
+    if control not in CONTROLS:
+        raise RnncError(f"control: expected one of {', '.join(CONTROLS)}, got {control!r}")
+    control = "scan" if control == "auto" else control
     if not 8 <= ir_version <= onnx.IR_VERSION:
         raise RnncError(f"--ir-version: expected 8..{onnx.IR_VERSION}, got {ir_version}")
-    graph, w = prepare(spec, weights=weights, target=target)
+    graph, w = prepare(spec, weights=weights, target=target, control=control)
     builder = GraphBuilder()
     for name in (*graph.inputs, *(o.name for o in graph.outputs), *(n for io in graph.state_io() for n in io[1:3])):
         builder.reserve(name)

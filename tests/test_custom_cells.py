@@ -56,7 +56,7 @@ def body_of(model: onnx.ModelProto) -> onnx.GraphProto:
         for n in g.node:
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
-                    if n.op_type == "Loop":
+                    if n.op_type in ("Loop", "Scan"):
                         return a.g
                     found = find(a.g)
                     if found is not None:
@@ -81,17 +81,20 @@ def test_hoisting_moves_the_input_projection_out_of_the_loop():
     text = spec(MINIMAL, "  - {type: RNN, name: r, cell: {type: MinimalRNNCell, units: 4}, return_sequences: true}\n")
     c, _, _ = check_parity(text, native=0, loops=1)
     body = [n.op_type for n in body_of(c.model).node]
-    # x @ kernel + bias for all steps before the Loop; per step: read row t, h @ U + row (one Gemm),
-    # tanh, and an Identity because h leaves the body twice (next state, and the sequence)
-    assert sorted(body) == ["Gather", "Gemm", "Identity", "Tanh"], body
+    # x @ kernel + bias for all steps before the time loop (a Scan hands the body row t); per
+    # step: h @ U + row (one Gemm), tanh, and an Identity because h leaves the body twice (next
+    # state, and the sequence)
+    assert sorted(body) == ["Gemm", "Identity", "Tanh"], body
     main = [n.op_type for n in c.model.graph.node]
-    assert "MatMul" in main and "Add" in main
+    # ... as one MatMul over [T, B, in + 1]: the bias folds into the product ([x, 1] @ [W; b])
+    assert main.count("MatMul") == 1 and "Add" not in main, main
     assert c.graph.layers["r"].cells[0].hoisted
     import rnnc
     from rnnc.spec import load_spec_text as lst
     flat = rnnc.compile_spec(lst(text, "t.yaml"), weights=c.weights, hoist=False)
     flat_body = [n.op_type for n in body_of(flat.model).node]
-    assert flat_body.count("MatMul") == 1 and flat_body.count("Gemm") == 1 and "Add" in flat_body
+    # unhoisted, the body computes x @ kernel + bias too (a second Gemm)
+    assert sorted(flat_body) == ["Gemm", "Gemm", "Identity", "Tanh"], flat_body
 
 
 def test_reassociation_keeps_the_parsed_step_for_the_reference():
@@ -102,8 +105,9 @@ def test_reassociation_keeps_the_parsed_step_for_the_reference():
 
 
 @pytest.mark.parametrize("pattern", ["none", "holes"])
-def test_scan_control_flow_agrees(pattern):
-    """The time loop as an ONNX Scan instead of a Loop: same numbers on both runtimes."""
+def test_loop_control_flow_agrees(pattern):
+    """The time loop in its reference form, an ONNX Loop, instead of the default Scan: same
+    numbers on both runtimes."""
     import rnnc
     from helpers import assert_close, run_onnx_reference, run_ort
     from rnnc.reference import run_reference
@@ -112,8 +116,9 @@ def test_scan_control_flow_agrees(pattern):
                 "go_backwards: true, cell: {type: Peep, units: 3}}\n  - {type: GRU, name: g, units: 2, "
                 "lowering: loop, return_sequences: true}\n", "x: {shape: [batch, 6, 3]}", "outputs: [r, r.states, g]\n")
     base = compile_text(text)
-    c = rnnc.compile_spec(load_spec_text(text, "t.yaml"), weights=base.weights, control="scan")
-    assert op_counts(c.model)["Scan"] == 2 and op_counts(c.model)["Loop"] == 0
+    assert op_counts(base.model)["Scan"] == 2 and op_counts(base.model)["Loop"] == 0
+    c = rnnc.compile_spec(load_spec_text(text, "t.yaml"), weights=base.weights, control="loop")
+    assert op_counts(c.model)["Loop"] == 2 and op_counts(c.model)["Scan"] == 0
     feeds = masked_input(pattern)
     want = run_reference(c.graph, c.weights, feeds)
     assert_close(run_ort(c.model, feeds), want)
@@ -124,9 +129,10 @@ def test_builtin_loop_body_is_lean():
     text = "rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: 4, lowering: loop}\n"
     c, _, _ = check_parity(text, native=0, loops=1)
     ops = [n.op_type for n in body_of(c.model).node]
-    # x_t, h @ U + xp (one Gemm), one sigmoid over i, f, o, and nothing but the equations
+    # h @ U + xp_t (one Gemm), one sigmoid over i, f, o, nothing but the equations, and the Identity
+    # for h leaving the body twice (next state, and the sequence)
     assert ops.count("Sigmoid") == 1 and ops.count("Gemm") == 1 and "MatMul" not in ops, ops
-    assert sorted(ops) == sorted(["Gather", "Gemm", "Split", "Sigmoid", "Split", "Tanh", "Mul", "Mul", "Add",
+    assert sorted(ops) == sorted(["Gemm", "Split", "Sigmoid", "Split", "Tanh", "Mul", "Mul", "Add",
                                   "Tanh", "Mul"]), ops
 
 

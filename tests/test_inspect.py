@@ -60,11 +60,12 @@ CASES = {
         [("LSTM", "cuda", "cuDNN LSTM"), ("GRU", "cuda", "cuDNN GRU")]),
     "loop: no exact native form": (
         HEAD + "  - {type: LSTM, name: rec, units: 5, activation: gelu}\n",
-        "Loop", "Loop: activation 'gelu' has no form in ONNX's LSTM op", [], [("Loop", "control", "steps through time")]),
+        "Loop (ONNX Scan)", "Loop: activation 'gelu' has no form in ONNX's LSTM op; as ONNX Scan (faster than Loop on ONNX Runtime)", [],
+        [("Scan", "control", "steps through time")]),
     "loop: requested, both directions": (
         HEAD + "  - {type: Bidirectional, name: rec, layer: {type: SimpleRNN, units: 3, lowering: loop}}\n",
-        "2 Loops (one per direction)", "Loop: requested", [],
-        [("Loop", "control", "trip count and condition on the CPU")] * 2),
+        "2 Loops (one per direction) (ONNX Scan)", "Loop: requested; as ONNX Scan (faster than Loop on ONNX Runtime)", [],
+        [("Scan", "control", "sequence loop on the CPU")] * 2),
     "unroll": (
         "rnnc: 1\nname: m\ninputs: {x: {shape: [batch, 20, 6]}}\nlayers:\n"
         "  - {type: GRU, name: rec, units: 4, unroll: true}\n",
@@ -111,7 +112,7 @@ def test_masked_native_layer_shows_both_paths(tmp_path):
     where = {p["op"]: (p["device"], p["in"]) for p in rec["placement"]}
     assert where["If"] == ("control", [])
     assert where["LSTM"] == ("cuda", ["rec/If_right_padded", "then_branch"])
-    assert where["Loop"] == ("control", ["rec/If_right_padded", "else_branch"])
+    assert where["Scan"] == ("control", ["rec/If_right_padded", "else_branch"])
     assert "sequence_lens is supported" in next(p["why"] for p in rec["placement"] if p["op"] == "LSTM")
     assert rec["node_count"]["all"] > rec["node_count"]["main"]
 
@@ -119,8 +120,8 @@ def test_masked_native_layer_shows_both_paths(tmp_path):
 def test_portable_target_reason(tmp_path):
     r = inspect_model(saved(tmp_path, MASKED, target="portable"))
     rec = layer(r, "rec")
-    assert rec["lowered_as"] == "Loop"
-    assert rec["reason"] == "Loop: portable target: a mask needs sequence_lens, which onnx.reference ignores"
+    assert rec["lowered_as"] == "Loop (ONNX Scan)"
+    assert rec["reason"] == "Loop: portable target: a mask needs sequence_lens, which onnx.reference ignores; as ONNX Scan (faster than Loop on ONNX Runtime)"
     assert r.data["model"]["target"] == "portable"
 
 
@@ -357,7 +358,7 @@ def test_dot_groups_nodes_by_layer_with_loop_bodies_as_clusters(tmp_path):
     assert {"cluster_embedding", "cluster_rec"} <= set(clusters)
     labels = {n["label"].split("\\n")[1]: n for n in g["nodes"].values() if "\\n" in n.get("label", "")}
     assert labels["rec/If_right_padded"]["cluster"] == ("cluster_rec",)
-    loop = labels["rec/Loop"]["cluster"]           # inside the If's else branch, inside the layer
+    loop = labels["rec/Scan"]["cluster"]           # inside the If's else branch, inside the layer
     assert loop[0] == "cluster_rec" and loop[-1].endswith("_else_branch")
     body = [n for n in g["nodes"].values() if n["cluster"][-1:] and n["cluster"][-1].endswith("_body")]
     assert body and all(n["cluster"][:len(loop) + 1][:len(loop)] == loop for n in body)

@@ -5,8 +5,9 @@ tests: machines here are shared and noisy).
 
 stateful: the per-chunk cost of rnnc.Session carrying the states of LSTM(64) at chunk 100,
           batch 20, against a plain onnxruntime.InferenceSession.run fed the states by hand.
-loop:     native LSTM op vs RNN(LSTMCell) through the Loop (with and without the hoisted input
-          projection) at two shapes (batch, time, input, units)."""
+loop:     native LSTM op vs RNN(LSTMCell) through a time loop (ONNX Loop with and without the
+          hoisted input projection, and the default ONNX Scan) and the same LSTM as a custom cell
+          (Loop and Scan) at two shapes (batch, time, input, units)."""
 from __future__ import annotations
 
 import argparse
@@ -115,15 +116,14 @@ def bench_loop(repeat: int, threads: int) -> None:
         base = rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "native")))
         # the custom cell's gates are ordered i f o c: the same weights, permuted
         w_custom = {k: permute_gates(v, "keras_lstm", "rnnc_lstm") for k, v in base.weights.items()}
+        loop = load_spec_text(lstm.replace("LOW", "loop"))
         variants = {
             "native LSTM op": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "native"))),
-            "Loop, no hoisting": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "loop")), weights=base.weights,
-                                                   hoist=False),
-            "Loop, hoisted projection": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "loop")),
-                                                          weights=base.weights),
-            "Scan, hoisted projection": rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "loop")),
-                                                          weights=base.weights, control="scan"),
-            "custom cell (step language)": rnnc.compile_spec(load_spec_text(cell), weights=w_custom),
+            "Loop, no hoisting": rnnc.compile_spec(loop, weights=base.weights, hoist=False, control="loop"),
+            "Loop, hoisted projection": rnnc.compile_spec(loop, weights=base.weights, control="loop"),
+            "Scan, hoisted (RNN(LSTMCell))": rnnc.compile_spec(loop, weights=base.weights),
+            "custom cell, Loop": rnnc.compile_spec(load_spec_text(cell), weights=w_custom, control="loop"),
+            "custom cell (default: Scan)": rnnc.compile_spec(load_spec_text(cell), weights=w_custom),
         }
         x = np.random.default_rng(0).normal(size=(batch, steps, inp)).astype(np.float32)
         ref = ort.InferenceSession(variants["native LSTM op"].model.SerializeToString(),

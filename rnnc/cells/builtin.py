@@ -5,8 +5,9 @@ the ONNX Loop lowering (rnnc/lower/loop.py).
 Every cell is split into the part that depends on the step input only (`project`, hoisted
 out of the time loop and computed for all steps at once) and the recurrent `step`.
 
-Op interface (`ops`): matmul(a, b), matmul_add(a, b, c) = a @ b + c (a, b 2-D), add(a, b),
-sub(a, b), mul(a, b), act(name, x), split(x, n) -> list (last axis), one_minus(x), param(name)."""
+Op interface (`ops`): matmul(a, b), matmul_add(a, b, c) = a @ b + c (a, b 2-D), affine(x, w, b)
+= x @ w + b over any leading axes (b may be None), add(a, b), sub(a, b), mul(a, b), act(name, x),
+split(x, n) -> list (last axis), one_minus(x), param(name), has(name)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,8 @@ def _rnn_prepare(p: dict, units: int, cfg: dict) -> dict:
 
 
 def _rnn_project(ops, x, units, cfg):
-    xp = ops.matmul(x, ops.param("W"))                                   # [.., u]
-    return ops.add(xp, ops.param("b")) if cfg.get("use_bias", True) else xp
+    # x W + b: [.., in] -> [.., G*u] (the input bias only; GRU's recurrent bias stays in the step)
+    return ops.affine(x, ops.param("W"), ops.param("b") if ops.has("b") else None)
 
 
 def _rnn_step(ops, xp, states, units, cfg):
@@ -137,6 +138,13 @@ class NumpyOps:
 
     def param(self, name: str) -> np.ndarray:
         return self.params[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.params
+
+    @staticmethod
+    def affine(x, w, b):
+        return x @ w if b is None else x @ w + b
 
     @staticmethod
     def matmul(a, b):

@@ -82,10 +82,15 @@ def control_verdict(node: onnx.NodeProto, body_nodes: int, body_cpu: int) -> tup
         return CONTROL, ("control flow: the CUDA provider's If reads its condition on the CPU (a device-to-host "
                          f"copy and sync per run), then runs the chosen branch's nodes ({body_nodes} in both "
                          f"branches) on CUDA where supported{tail}")
-    what = "trip count and condition" if node.op_type == "Loop" else "sequence loop"
+    if node.op_type == "Loop":
+        how = "trip count and condition on the CPU"
+        extra = ", plus a copy of the step index to the GPU"
+    else:
+        how = "sequence loop on the CPU, slicing the scanned inputs on the GPU"
+        extra = ""
     return CONTROL, (f"control flow: the CUDA provider's {node.op_type} steps through time from the host "
-                     f"({what} on the CPU); its {body_nodes} body nodes run on CUDA where supported, one "
-                     f"kernel launch each per step, plus a copy of the step index to the GPU{tail}")
+                     f"({how}); its {body_nodes} body nodes run on CUDA where supported, one "
+                     f"kernel launch each per step{extra}{tail}")
 
 
 def shape_cpu_nodes(scope: Scope, refused: set[int]) -> set[int]:

@@ -128,7 +128,7 @@ def layer_record(root: Scope, l: dict, nodes: list[onnx.NodeProto], types: dict,
 
 
 def lowered_as(l: dict, flat: list[tuple[onnx.NodeProto, tuple[str, ...]]]) -> str:
-    """What the layer became, in words: "native LSTM", "bidirectional GRU op", "Loop",
+    """What the layer became, in words: "native LSTM", "bidirectional GRU op", "Loop (ONNX Scan)",
     "unrolled (20 steps)"; masked native layers add the Loop they take for other masks."""
     lowering = l.get("lowering")
     if lowering in (None, "plain"):
@@ -136,9 +136,11 @@ def lowered_as(l: dict, flat: list[tuple[onnx.NodeProto, tuple[str, ...]]]) -> s
     if lowering == "unroll":
         m = re.search(r"time = (\d+)", l.get("reason", ""))
         return f"unrolled ({m.group(1)} steps)" if m else "unrolled"
-    loops = sum(1 for n, _ in flat if n.op_type == "Loop")
+    loops = Counter(n.op_type for n, _ in flat if n.op_type in ("Loop", "Scan"))
     if lowering == "loop":
-        return "Loop" if loops == 1 else f"{loops} Loops" + (" (one per direction)" if l.get("kind") == "Bidirectional" else "")
+        n = sum(loops.values())
+        text = "Loop" if n == 1 else f"{n} Loops" + (" (one per direction)" if l.get("kind") == "Bidirectional" else "")
+        return text + (" (ONNX Scan)" if loops["Scan"] == n else " (ONNX Scan and Loop)" if loops["Scan"] else "")
     fast = [n for n, path in flat if n.op_type in RNN_OPS and "else_branch" not in path]
     bidi = [n for n in fast if any(a.name == "direction" and a.s == b"bidirectional" for a in n.attribute)]
     if bidi:

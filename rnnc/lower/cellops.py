@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from onnx import TensorProto, helper
+
 from ..cells.lang import Node
 from ..emit.builder import GraphBuilder
 from . import activations
@@ -29,8 +31,9 @@ def emit(b: GraphBuilder, node: Node, args: list[Any], lead: int) -> Any:
         return b.const(np.float32(node.attr("value")), dtype="float32")
     if op in _BINARY:
         return b.op(_BINARY[op], args)
-    if op == "gemm":   # a @ W + c, a [B, k] (passes/reassociate.py)
-        return b.op("Gemm", args)
+    if op == "gemm":   # a @ W + c, a [B, k] per step (passes/reassociate.py)
+        return affine(b, *args, lead=lead if node.batched else 0,
+                      folds=len(node.shape) == 2 and tuple(node.attr("c_shape", ())) == node.shape[1:])
     if op == "not_equal":
         return b.op("Not", [b.op("Equal", args)])
     if op in _UNARY:
@@ -71,6 +74,27 @@ def emit(b: GraphBuilder, node: Node, args: list[Any], lead: int) -> Any:
         return b.op("ReduceSum" if op == "sum" else "ReduceMean", [args[0], b.const(axes)],
                     keepdims=int(node.attr("keepdims")))
     raise ValueError(f"unknown step op {op!r}")  # pragma: no cover
+
+
+def affine(b: GraphBuilder, x: str, w: str, c: str | None, *, lead: int, folds: bool = True) -> str:
+    """x @ w + c, x [..., B, k], w [k, n], c broadcastable to [B, n] (or None).
+    In the step (no leading axes): one Gemm. For all steps at once (x [T, B, k]), with c a
+    vector [n], c folds into the product: [x, 1] @ [w; c], one MatMul, since a separate Add
+    would be one more pass over the [T, B, n] result (ONNX Runtime folds [w; c] once, at load)."""
+    if not lead:
+        return b.op("Gemm", [x, w, c]) if c else b.op("MatMul", [x, w])
+    if not c:
+        return b.op("MatMul", [x, w])
+    if not folds:
+        return b.op("Add", [b.op("MatMul", [x, w]), c])
+    ones_shape = b.op("Concat", [b.op("Shape", [x], end=-1), b.const([1])], axis=0)
+    ones = b.op("ConstantOfShape", [ones_shape], value=_ONE, name="ones")                  # [T, B, 1]
+    x1 = b.op("Concat", [x, ones], axis=-1, name="x_1")                                    # [T, B, k + 1]
+    wc = b.op("Concat", [w, b.op("Unsqueeze", [c, b.const([0])])], axis=0, name="w_c")     # [k + 1, n]
+    return b.op("MatMul", [x1, wc], name="affine")
+
+
+_ONE = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
 
 
 def _getitem(b: GraphBuilder, node: Node, x: str, shift: int) -> str:

@@ -25,11 +25,17 @@ from .context import LowerCtx
 class OnnxOps:
     """The built-in cells' op interface (see rnnc/cells/builtin.py) emitting ONNX nodes."""
 
-    def __init__(self, b: GraphBuilder, params: dict[str, str]):
-        self.b, self.params = b, params
+    def __init__(self, b: GraphBuilder, params: dict[str, str], lead: int = 0):
+        self.b, self.params, self.lead = b, params, lead    # lead: leading axes before [B, ...]
 
     def param(self, name: str) -> str:
         return self.params[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.params
+
+    def affine(self, x: str, w: str, c: str | None) -> str:
+        return cellops.affine(self.b, x, w, c, lead=self.lead)
 
     def matmul(self, a: str, w: str) -> str:
         return self.b.op("MatMul", [a, w])
@@ -88,7 +94,7 @@ class Runner:
             cdef = CELLS[c.kind]
             if not self.hoist and lead:
                 return [(xs[0], True)]
-            return [(cdef.project(OnnxOps(b, self.params), xs[0], c.units, c.config), True)]
+            return [(cdef.project(OnnxOps(b, self.params, lead), xs[0], c.units, c.config), True)]
         prog = c.step_program
         seed: dict[int, Any] = {i: x for (_, i), x in zip(prog.inputs, xs)}
         seed.update({i: self.params[n] for n, i in prog.params})
@@ -161,7 +167,8 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
               ) -> tuple[list[str] | None, list[str], list[str]]:
     """Run the layer's cells over Xs (each [T, B, ...], input order) in Keras's processing order.
     mask: [T, B] bool in input order, or None.
-    Returns (sequences [T, B, ...] in processing order or None, final states, last outputs)."""
+    Returns (sequences [T, B, ...] in processing order or None, final states, last outputs;
+    with need_seq, a last output that is no state's final value is None)."""
     b = ctx.b
     cells = list(layer.cells)
     if layer.config["go_backwards"]:
@@ -173,16 +180,18 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
     states0 = list(init) if init else [_zeros(b, batch, s) for c in cells for _, s in c.states]
     state_ranks = [1 + len(s) for c in cells for _, s in c.states]
     out_shapes = list(cells[-1].output_shapes)
-    # the previous outputs ride along as loop state when a mask may repeat them, and for custom
-    # cells, whose outputs need not be states
-    carry = mask is not None or cells[-1].custom
+    # per output of the last cell, the state whose next value it is (None: not a state)
+    out_state = [None if j is None else len(states0) - len(cells[-1].states) + j for j in output_states(cells[-1])]
+    # the previous outputs ride along as loop state when a mask may repeat them, or when the
+    # last output is asked for and is no state's final value
+    carry = mask is not None or (not need_seq and None in out_state)
     prev0 = [_zeros(b, batch, s) for s in out_shapes] if carry else []
     if unroll is not None:
         return _unrolled(ctx, runners, projected, mask, states0, prev0, state_ranks, out_shapes, need_seq,
                          zero_output, unroll)
 
     body = GraphBuilder(parent=b)
-    scan = ctx.control == "scan"
+    scan = ctx.control == "scan"   # the reference form is a Loop; a Scan reads row t without a Gather
     it, cond_in = body.fresh("t"), body.fresh("cond_in")
     s_in = [body.fresh(f"state{i}_in") for i in range(len(states0))]
     p_in = [body.fresh(f"prev{i}_in") for i in range(len(prev0))]
@@ -232,17 +241,30 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
                    body=g, name="Loop")
     res = [res] if isinstance(res, str) else res
     final = res[:len(states0)]
-    lasts = res[len(states0):len(states0) + len(prev0)] if carry else last_h(cells, final)
     seqs = None
     if need_seq:
         flat = res[len(states0) + len(prev0):]
         seqs = [b.op("Reshape", [f, b.op("Concat", [b.const([-1]), batch, b.const(list(shape))], axis=0)], name="seq")
                 for f, shape in zip(flat, out_shapes)]
+    if carry:
+        lasts = res[len(states0):len(states0) + len(prev0)]
+    else:   # a state's final value (None: not asked for, as the sequence is returned)
+        lasts = [final[j] if j is not None else None for j in out_state]
     return seqs, final, lasts
+
+
+def output_states(cell: Cell) -> list[int | None]:
+    """Per output of a cell, the index of the state whose next value it is, or None. A
+    built-in cell's output is its first state (h)."""
+    if not cell.custom:
+        return [0]
+    prog = cell.step_program
+    return [prog.next_states.index(o) if o in prog.next_states else None for o in prog.outputs]
 
 
 def last_h(cells: list[Cell], states: list[str]) -> list[str]:
     """A built-in cell's output is its first state (h)."""
+    assert not cells[-1].custom
     return [states[len(states) - len(cells[-1].states)]]
 
 

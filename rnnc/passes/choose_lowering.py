@@ -20,10 +20,11 @@ class ChooseLowering:
     name = "choose-lowering"
 
     def __init__(self, *, supports: Callable[[str, str, Layer, str], str | None],
-                 fusable: Callable[[Layer], bool], target: str = "ort"):
+                 fusable: Callable[[Layer], bool], target: str = "ort", control: str = "scan"):
         # supports(kind, strategy, layer, target) -> None or why not: the lowering rules'
-        # own checks, handed in so that passes stay free of onnx.
-        self.supports, self.fusable, self.target = supports, fusable, target
+        # own checks, handed in so that passes stay free of onnx. control: the ONNX op of
+        # a time loop (scan or loop).
+        self.supports, self.fusable, self.target, self.control = supports, fusable, target, control
 
     def run(self, graph: Graph) -> PassResult:
         layers = {}
@@ -45,17 +46,22 @@ class ChooseLowering:
                 if why is None:
                     layers[layer.name] = replace(layer, lowering="native", reason=self._native_reason(layer))
                 else:
-                    layers[layer.name] = replace(layer, lowering="loop", reason=f"Loop: {why}")
+                    layers[layer.name] = replace(layer, lowering="loop", reason=f"Loop: {why}{self._control()}")
                 continue
             why = self.supports(kind, requested, layer, self.target)
             if why is not None:
                 raise LoweringError(f"{graph.file}:{layer.line}: {where}: lowering: {requested} cannot be exact: "
                                     f"{why}. Use lowering: auto (it picks an exact lowering) or loop")
-            reason = (self._native_reason(layer) if requested == "native" else "Loop: requested"
+            reason = (self._native_reason(layer) if requested == "native" else f"Loop: requested{self._control()}"
                       if requested == "loop" else f"unroll: requested, time = {layer.time}")
             layers[layer.name] = replace(layer, lowering=requested, reason=reason)
         out = Graph(graph.name, graph.inputs, layers, graph.outputs, graph.weights, graph.file, graph.seed)
         return PassResult(out, True)
+
+    def _control(self) -> str:
+        if self.control == "scan":
+            return "; as ONNX Scan (faster than Loop on ONNX Runtime)"
+        return ""
 
     def _native_reason(self, layer: Layer) -> str:
         if layer.sublayers:

@@ -8,7 +8,9 @@ A step such as `h = tanh(x @ kernel + h @ recurrent_kernel + bias)` parses as
     (h @ recurrent_kernel)  +  (x @ kernel + bias)         state part + state-free part
 
 so the hoisting pass lifts the whole state-free part out of the loop; where the state part is
-a single 2-D product `a @ W`, the sum becomes one `gemm` node (a @ W + c: ONNX Gemm).
+a single 2-D product `a @ W`, the sum becomes one `gemm` node (a @ W + c: ONNX Gemm), and so
+does the state-free `x @ kernel + bias` (computed for all steps at once, with the bias folded
+into the product).
 Regrouping a floating-point sum changes its rounding (by an ulp or so), never its value."""
 from __future__ import annotations
 
@@ -61,21 +63,46 @@ def reassociate(prog: Program) -> Program:
             acc = add("add", (acc, t), broadcast(out[acc].shape, out[t].shape))  # type: ignore[arg-type]
         return acc
 
+    def product(i: int) -> bool:
+        """Is out[i] a 2-D product a @ W, a [B, k] per step, W [k, n] (Gemm's form)?"""
+        m = out[i]
+        if m.op != "matmul":
+            return False
+        a, w = out[m.args[0]], out[m.args[1]]
+        return len(a.shape) == 2 and a.batched and len(w.shape) == 2 and not w.batched
+
+    def gemm(mm: int, c: int) -> int | None:
+        """a @ W + c as one gemm node, where c broadcasts to the product's shape."""
+        m = out[mm]
+        if broadcast(out[c].shape, m.shape) != m.shape:
+            return None
+        return add("gemm", (m.args[0], m.args[1], c), m.shape, c_shape=out[c].shape)
+
+    def fold_free(ids: list[int]) -> int:
+        """The state-free terms; x @ kernel + bias becomes one gemm (for all steps at once, the
+        bias then folds into the product)."""
+        for t in ids:
+            if product(t) and len(ids) > 1:
+                g = gemm(t, fold([u for u in ids if u != t]))
+                if g is not None:
+                    return g
+        return fold(ids)
+
     for n in nodes:
         if n.op == "add" and n.id not in parent_add and n.dtype == "float":
             ts = terms(n.id, top=True)
             free = [new_id[t] for t in ts if not dep[t]]
             stateful = [new_id[t] for t in ts if dep[t]]
-            if free and stateful:
-                f = fold(free)
-                first = out[stateful[0]]
-                a, w = (out[first.args[0]], out[first.args[1]]) if first.op == "matmul" else (None, None)
-                if (a is not None and w is not None and len(a.shape) == 2 and a.batched and len(w.shape) == 2
-                        and not w.batched and broadcast(out[f].shape, first.shape) == first.shape):
-                    s = add("gemm", (first.args[0], first.args[1], f), first.shape)   # a @ W + free
-                    new_id[n.id] = fold([s, *stateful[1:]]) if stateful[1:] else s
+            if free and (stateful or len(free) > 1):
+                f = fold_free(free)
+                if not stateful:
+                    new_id[n.id] = f
                 else:
-                    new_id[n.id] = add("add", (fold(stateful), f), n.shape)
+                    s = gemm(stateful[0], f) if product(stateful[0]) else None    # a @ W + free
+                    if s is not None:
+                        new_id[n.id] = fold([s, *stateful[1:]]) if stateful[1:] else s
+                    else:
+                        new_id[n.id] = add("add", (fold(stateful), f), n.shape)
                 if out[new_id[n.id]].shape != n.shape:   # never expected: keep the original
                     raise AssertionError("reassociation changed a shape")
                 continue
