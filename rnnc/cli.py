@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Session(args.model, providers=args.providers)
     feeds = _random_inputs(sess, args.dim) if args.random else _load_inputs(args.input)
     sess.validate(feeds)
-    outputs = _run_chunked(sess, feeds, args.chunk) if args.chunk else sess.run(feeds)
+    outputs = _run_chunked(sess, feeds, args.chunk) if args.chunk is not None else sess.run(feeds)
     print(f"provider: {sess.provider}" + (f" ({sess.fallback})" if sess.fallback else ""))
     for name, v in outputs.items():
         print(f"  {name}: {v.dtype} {tuple(v.shape)}")

@@ -93,6 +93,33 @@ def test_wrong_batch_chunk_is_an_error_and_states_stay():
     assert all(np.array_equal(before[k], v) for k, v in sess.states.items())
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "simple_rnn", "lstm_loop"])
+def test_empty_chunk_is_an_error_and_states_stay(name):
+    """ONNX Runtime's native ops would overwrite the states on a zero-length chunk (its GRU
+    aborts the process): the session refuses the chunk first."""
+    sess = rnnc.Session(compile_text(spec(LAYERS[name])))
+    sess.run({"x": np.ones((3, 4, 4), np.float32)})
+    before = sess.states
+    with pytest.raises(InputError, match=r"input 'x': axis 1 \(time\) has size 0 in shape \(3, 0, 4\): expected at least 1"):
+        sess.run({"x": np.ones((3, 0, 4), np.float32)})
+    assert all(np.array_equal(before[k], v) for k, v in sess.states.items())
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"r.state_h": "zeros"}, r"state 'r.state_h': expected a float32 array of shape \(3, 5\), got a str"),
+    ({"r.state_h": [[1.0, 2.0], [3.0]]}, r"state 'r.state_h': expected a float32 array of shape \(3, 5\), got a list"),
+    ([np.zeros((3, 5))], r"states: expected a dict \{state name: array\} with names from r.state_h, r.state_c, got list"),
+])
+def test_bad_state_values_are_clear_errors(values, message):
+    sess = rnnc.Session(compile_text(spec(LAYERS["lstm"])))
+    sess.run({"x": np.ones((3, 2, 4), np.float32)})
+    before = sess.states
+    for setter in (lambda: setattr(sess, "states", values), lambda: sess.reset_states(values)):
+        with pytest.raises(InputError, match=message):
+            setter()
+        assert all(np.array_equal(before[k], v) for k, v in sess.states.items())
+
+
 def test_keras_guide_paragraphs():
     """The guide: three paragraphs of (20, 10, 50) through LSTM(64, stateful=True), then reset_states()."""
     c = compile_text("rnnc: 1\ninputs: {x: {shape: [20, time, 50]}}\nlayers:\n"
@@ -137,3 +164,7 @@ def test_cli_chunk_streams_and_concatenates(tmp_path):
     assert run("compile", tmp_path / "p.yaml", "-o", tmp_path / "p.onnx").returncode == 0
     r = run("run", tmp_path / "p.onnx", "--input", f"x={tmp_path / 'x.npy'}", "--chunk", "5")
     assert r.returncode == 2 and "--chunk needs a stateful model" in r.stderr
+    for bad in ("0", "-3"):
+        r = run("run", model, "--input", f"x={tmp_path / 'x.npy'}", "--chunk", bad, "-o", tmp_path / "z.npz")
+        assert r.returncode == 2 and f"--chunk: expected a positive number of time steps, got {bad}" in r.stderr
+        assert not (tmp_path / "z.npz").exists()

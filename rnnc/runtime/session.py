@@ -101,12 +101,20 @@ class Session:
         if _zero_rest or not new:
             new = {s["input"]: np.zeros(s["dims"], np.float32) for s in self._state_io}
         by_key = {f"{s['layer']}.{s['port']}": s for s in self._state_io}
+        if values is not None and not isinstance(values, Mapping):
+            raise InputError(f"states: expected a dict {{state name: array}} with names from "
+                             f"{', '.join(by_key) or '(none: not stateful)'}, got {type(values).__name__}")
         problems = []
         for key, value in (values or {}).items():
             if key not in by_key:
                 problems.append(f"unknown state {key!r}: expected one of {', '.join(by_key) or '(none: not stateful)'}")
                 continue
-            a = np.asarray(value, dtype=np.float32)
+            try:
+                a = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                problems.append(f"state {key!r}: expected a float32 array of shape {tuple(by_key[key]['dims'])}, "
+                                f"got a {type(value).__name__} that is not one ({e})")
+                continue
             if list(a.shape) != list(by_key[key]["dims"]):
                 problems.append(f"state {key!r}: expected shape {tuple(by_key[key]['dims'])}, got {a.shape}")
                 continue
@@ -144,6 +152,12 @@ class Session:
                 problems.append(f"input {name!r}: expected rank {len(dims)} {shown}, got shape {a.shape}")
                 continue
             for axis, (want, got) in enumerate(zip(dims, a.shape)):
+                if got == 0:
+                    # ONNX Runtime's recurrent ops do not take an empty batch or sequence (its GRU
+                    # aborts the process; LSTM and RNN return garbage states)
+                    problems.append(f"input {name!r}: axis {axis} ({want}) has size 0 in shape {a.shape}: expected "
+                                    "at least 1 (an empty batch or sequence cannot run)")
+                    break
                 if isinstance(want, int) and want != got:
                     problems.append(f"input {name!r}: expected size {want} on axis {axis} {shown}, got shape {a.shape}")
                 elif isinstance(want, str):
