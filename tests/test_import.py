@@ -430,3 +430,45 @@ def test_errors_surface_before_writing(tmp_path, capsys):
     assert "--spec" in capsys.readouterr().err
     with pytest.raises(ImportProblem, match="file not found"):
         import_keras(tmp_path / "none.keras")
+
+
+def test_torch_bare_module_and_batchnorm_without_affine(tmp_path):
+    """`torch.save(lstm.state_dict())` (no module prefix) fits a spec with one layer of
+    parameters; nn.BatchNorm1d(affine=False) is gamma 1, beta 0."""
+    lstm = torch.nn.LSTM(F, 4, batch_first=True)
+    c, _ = torch_compiled(lstm, f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {F}]}}}}\nlayers:\n"
+                                "  - {type: LSTM, name: enc, units: 4, return_sequences: true}\n", tmp_path)
+    x = xs()
+    with torch.no_grad():
+        want = lstm(torch.from_numpy(x))[0].numpy()
+    compare(run_ort(c.model, {"x": x}), [want])
+    bn = torch.nn.Module()
+    bn.bn = torch.nn.BatchNorm1d(F, affine=False)
+    c, _ = torch_compiled(bn, f"rnnc: 1\ninputs: {{x: {{shape: [batch, {F}]}}}}\nlayers:\n"
+                              "  - {type: BatchNormalization, name: bn, epsilon: 1.0e-05}\n", tmp_path)
+    x2 = xs()[:, 0]
+    with torch.no_grad():
+        want = bn.bn(torch.from_numpy(x2)).numpy()
+    compare(run_ort(c.model, {"x": x2}), [want])
+
+
+def test_torch_mapping_errors_name_the_spec_layer(tmp_path):
+    bidi = ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n"
+            "  - {type: Bidirectional, name: enc, layer: {type: LSTM, units: 2}}\n")
+    torch_refused(tmp_path, {f"enc.{k}": v for k, v in torch.nn.LSTM(3, 2).state_dict().items()}, bidi,
+                  "layer 'enc' (backward half): missing enc.weight_ih_l0_reverse")
+    gru = torch.nn.GRU(3, 2, bidirectional=True).state_dict()
+    path = tmp_path / "g.pt"
+    torch.save({f"enc.{k}": v for k, v in gru.items()}, path)
+    with pytest.raises(WeightsError) as e:
+        torch_weights_for_graph(path, build_graph(load_spec_text(bidi, "s.yaml")))
+    assert [p.message for p in e.value.problems] == [
+        "layer 'enc' (forward half): enc_l0 looks like nn.GRU, but the spec's cell is LSTM (nn.LSTM)",
+        "layer 'enc' (backward half): enc_l0_reverse looks like nn.GRU, but the spec's cell is LSTM (nn.LSTM)"]
+    two = SPEC_GRU % "" + "  - {type: Dense, name: head, units: 2}\n"
+    torch_refused(tmp_path, torch.nn.GRU(3, 4).state_dict(), two, "keys without a module prefix",
+                  "this spec has 2 (gru, head)")
+    bn = torch.nn.Module()
+    bn.bn = torch.nn.BatchNorm1d(3, track_running_stats=False)
+    torch_refused(tmp_path, bn.state_dict(), "rnnc: 1\ninputs: {x: {shape: [batch, 3]}}\nlayers:\n"
+                  "  - {type: BatchNormalization, name: bn}\n", "track_running_stats=False")

@@ -95,6 +95,24 @@ class _Mapper:
         self.groups = _groups(sd, file, self.problems)
         self.used: set[str] = set()
         self.out: dict[str, np.ndarray] = {}
+        self.bidirectional_groups: set[str] = set()   # torch modules a spec Bidirectional maps
+        self.failed_groups: set[str] = set()          # torch modules with a reported problem
+
+    def bare_module(self, graph: Graph) -> None:
+        """A bare module's state_dict (`torch.save(lstm.state_dict())`: keys without a prefix)
+        fits a spec with one layer of parameters: that layer takes it."""
+        if "" not in self.groups:
+            return
+        owners = [l.name for l in graph.layers.values() if l.params]
+        if len(owners) == 1 and owners[0] not in self.groups:
+            self.groups[owners[0]] = self.groups.pop("")
+        else:
+            keys = ", ".join(list(self.groups[""].values())[:4])
+            self.err(f"state_dict keys without a module prefix ({keys}, ...): a bare module's state_dict fits a "
+                     f"spec with one layer of parameters, and this spec has {len(owners)} ("
+                     f"{', '.join(owners)}); save the parent module's state_dict, or prefix the keys with the "
+                     "spec layer's name (`{f'lstm.{k}': v for k, v in sd.items()}`)")
+            self.failed_groups.add("")
 
     def err(self, msg: str) -> None:
         self.problems.append(Problem(msg, file=self.file))
@@ -118,8 +136,19 @@ class _Mapper:
             self.put(name, "kernel", None if w is None else np.ascontiguousarray(w.T))
             self.bias_of(name, layer, "bias" in layer.params)
         elif layer.kind == "BatchNormalization":
+            have = self.groups.get(name, {})
+            if have and "running_mean" not in have and "running_var" not in have:
+                self.err(f"layer {name!r} (BatchNormalization): {name} has no running_mean/running_var: "
+                         "nn.BatchNorm1d(track_running_stats=False) normalizes with each batch's own statistics "
+                         "at inference, which a Keras BatchNormalization (moving statistics) cannot reproduce")
+                return
+            (ch,) = layer.params["gamma"]
             for ours, theirs in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
                                  ("moving_variance", "running_var")):
+                if theirs in ("weight", "bias") and have and "weight" not in have and "bias" not in have:
+                    # nn.BatchNorm1d(affine=False): no scale and shift, i.e. gamma 1 and beta 0
+                    self.put(name, ours, np.full(ch, 1.0 if theirs == "weight" else 0.0, np.float32))
+                    continue
                 self.put(name, ours, self.need(name, theirs, layer))
             self.get(name, "num_batches_tracked")
         elif layer.kind == "Bidirectional":
@@ -131,13 +160,14 @@ class _Mapper:
             group, index = self.resolve(layer)
             if group is None:
                 return
+            self.bidirectional_groups.add(group)
             for half, sub, suffix in (("forward", layer.sublayers[0], ""), ("backward", layer.sublayers[1], "_reverse")):
                 if sub.config.get("go_backwards") != (half == "backward"):
                     self.err(f"layer {name!r}: its {half} half has go_backwards={sub.config.get('go_backwards')}; "
                              f"a PyTorch bidirectional module's {half} direction reads the sequence "
                              + ("from the end" if half == "backward" else "from the start"))
                     continue
-                self.cells(f"{name}/{half}/", sub, group, index, suffix)
+                self.cells(f"{name}/{half}/", sub, group, index, suffix, where=f"layer {name!r} ({half} half)")
         elif layer.cells:
             if layer.config.get("go_backwards"):
                 self.err(f"layer {name!r}: go_backwards=true has no PyTorch counterpart (flip the input instead)")
@@ -184,13 +214,17 @@ class _Mapper:
                  f"(no {layer.name}.weight_ih_l0); modules there: {', '.join(sorted(self.groups)) or 'none'}")
         return None, None
 
-    def cells(self, prefix: str, layer: Layer, group: str, index: int | None, suffix: str) -> None:
+    def cells(self, prefix: str, layer: Layer, group: str, index: int | None, suffix: str,
+              where: str | None = None) -> None:
         for i, cell in enumerate(layer.cells):
             k = i if index is None else index
-            self.cell(f"{prefix}{cell.prefix}", cell, group, k, suffix, layer)
+            at = (where or f"layer {layer.name!r}") + (f" cell {cell.prefix.strip('/')}" if cell.prefix else "")
+            n = len(self.problems)
+            self.cell(f"{prefix}{cell.prefix}", cell, group, k, suffix, at)
+            if len(self.problems) > n:
+                self.failed_groups.add(group)
 
-    def cell(self, prefix: str, cell: Cell, group: str, k: int, suffix: str, layer: Layer) -> None:
-        where = f"layer {layer.name!r}" + (f" cell {cell.prefix.strip('/')}" if cell.prefix else "")
+    def cell(self, prefix: str, cell: Cell, group: str, k: int, suffix: str, where: str) -> None:
         tag = f"_l{k}{suffix}"
         if self.groups.get(group, {}).get(f"weight_hr{tag}"):
             self.get(group, f"weight_hr{tag}")
@@ -251,11 +285,15 @@ def torch_weights_for_graph(path: str | Path, graph: Graph) -> dict[str, np.ndar
     """Map a PyTorch state_dict file onto `graph`'s parameters (keys `<layer>/<param>`)."""
     file = str(path)
     m = _Mapper(load_state_dict(path), file)
+    m.bare_module(graph)
     for layer in graph.layers.values():
         m.layer(layer)
-    unused = [k for k in m.sd if k not in m.used and k.rpartition(".")[2] not in IGNORED]
+    unused = [k for k in m.sd if k not in m.used and k.rpartition(".")[2] not in IGNORED
+              and k.rpartition(".")[0].replace(".", "_") not in m.failed_groups]
     if unused:
-        hint = " (`_reverse` keys: wrap the spec layer in Bidirectional)" if any("_reverse" in k for k in unused) else ""
+        hint = (" (`_reverse` keys: wrap the spec layer in Bidirectional)"
+                if any("_reverse" in k and k.rpartition(".")[0].replace(".", "_") not in m.bidirectional_groups
+                       for k in unused) else "")
         m.err(f"{len(unused)} state_dict entr(y/ies) match no spec layer: {', '.join(unused)}{hint}")
     if m.problems:
         raise WeightsError(problems=m.problems)
