@@ -188,10 +188,12 @@ def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     x, mask = _x(layer, env), _mask(layer, env)
     seqs = fwd.config["return_sequences"]
     results = {}
-    for half in (fwd, bwd):
+    carried = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()]   # stateful: forward's, backward's
+    n_fwd = len(fwd.states)
+    for half, init in ((fwd, carried[:n_fwd]), (bwd, carried[n_fwd:])):
         hw = {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith(half.name + "/")}
         # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
-        seq, last, states = run_cells(half, hw, [x], mask, None, zero_output_for_mask=seqs)
+        seq, last, states = run_cells(half, hw, [x], mask, init or None, zero_output_for_mask=seqs)
         y = seq[0] if seqs else last[0]
         if seqs and half.config["go_backwards"]:
             y = y[:, ::-1]    # back to input order
@@ -209,6 +211,8 @@ def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
         for port, s in zip(sub.state_ports, states):
             if f"{half}_{port}" in layer.outputs:
                 out[f"{half}_{port}"] = s
+        for (port, _), s in zip(sub.states, states):
+            out[f"_final_{half}_{port}"] = s
     return out
 
 

@@ -160,6 +160,25 @@ def test_stateful_layer_streams_like_keras(tmp_path):
         compare(sess.run(f), keras_out(model, f), f"call {seed}")
 
 
+@pytest.mark.parametrize("inner, masked", [("LSTM", False), ("GRU", True), ("SimpleRNN", True)])
+def test_stateful_bidirectional_streams_like_keras(tmp_path, inner, masked):
+    """Keras 3 runs Bidirectional(stateful=True): each half carries its states from call to
+    call, and the backward half reads each chunk from its end."""
+    x = keras.Input((None, F), batch_size=B, name="x")
+    h = L.Masking(name="masking")(x) if masked else x
+    y = L.Bidirectional(getattr(L, inner)(4, stateful=True, return_sequences=True), name="bi")(h)
+    model = keras.Model(x, y)
+    imp, _ = imported(model, tmp_path)
+    sess = rnnc.Session(imp.compiled, providers="cpu")
+    assert list(sess.states)[0].startswith("bi.forward_state") and list(sess.states)[-1].startswith("bi.backward_state")
+    for layer in model.layers:
+        if hasattr(layer, "reset_states"):
+            layer.reset_states()
+    for seed in (1, 2, 3):                   # each call continues from the previous one's states
+        f = {"x": xs(seed, mask_value=0.0 if masked else None)}
+        compare(sess.run(f), keras_out(model, f), f"call {seed}")
+
+
 def test_sequential_built_without_input_and_unroll(tmp_path):
     model = keras.Sequential([L.Embedding(12, 3), L.SimpleRNN(4, unroll=True, return_sequences=True),
                               L.BatchNormalization(axis=1), L.LSTM(3)], name="seq")

@@ -51,14 +51,28 @@ def test_chunked_equals_whole_and_reset(name):
     assert all(not v.any() for v in sess.states.values())
 
 
-@pytest.mark.parametrize("name", ["lstm", "stacked"])
+BIDIRECTIONAL = {   # each half carries its states (Keras 3); not chunk-invariant: the backward half reads each chunk from its end
+    "bidi_fused": "{type: Bidirectional, name: r, layer: {type: LSTM, units: 5, stateful: true, return_sequences: true}}",
+    "bidi_halves": "{type: Bidirectional, name: r, merge_mode: null, layer: {type: GRU, units: 5, stateful: true}, "
+                   "backward_layer: {type: SimpleRNN, units: 3, stateful: true, go_backwards: true}}",
+    "bidi_loop": "{type: Bidirectional, name: r, layer: {type: GRU, units: 5, stateful: true, lowering: loop}}",
+}
+
+
+@pytest.mark.parametrize("name", ["lstm", "stacked", *BIDIRECTIONAL])
 def test_state_io_matches_reference(name):
     rng = np.random.default_rng(0)
-    c = compile_text(spec(LAYERS[name]))
+    text = spec(LAYERS.get(name) or BIDIRECTIONAL[name])
+    c = compile_text(text)
     feeds = {"x": rng.normal(size=(3, 4, 4)).astype(np.float32)}
     for _, name_in, _, dims in c.graph.state_io():
         feeds[name_in] = rng.normal(size=dims).astype(np.float32)
-    check_parity(spec(LAYERS[name]), feeds=feeds)
+    c, got, _ = check_parity(text, feeds=feeds)
+    if name.startswith("bidi"):   # the forward half's states, then the backward half's
+        ins = [i.name for i in c.model.graph.input][1:]
+        half = [n.split("/")[1].split("_")[0] for n in ins]
+        assert half == sorted(half, key=["forward", "backward"].index) and set(half) == {"forward", "backward"}
+        assert len(got) == 1 + (1 if "merge_mode: null" in text else 0) + len(ins)
 
 
 def test_io_names_and_states_dict():
@@ -140,8 +154,9 @@ def test_keras_guide_paragraphs():
     ("rnnc: 1\ninputs: {x: {shape: [2, time, 3]}, h: {shape: [2, 3]}}\nlayers:\n"
      "  - {type: GRU, units: 3, input: x, stateful: true, initial_state: [h]}\n",
      "initial_state cannot be combined with stateful: true"),
-    (spec("{type: Bidirectional, layer: {type: LSTM, units: 3, stateful: true}}"),
-     "stateful: true inside Bidirectional is not supported"),
+    (spec("{type: Bidirectional, layer: {type: LSTM, units: 3, stateful: true}, "
+          "backward_layer: {type: LSTM, units: 3, go_backwards: true}}"),
+     "backward_layer must have the same stateful as layer"),
 ])
 def test_stateful_spec_errors(text, message):
     with pytest.raises(SpecError, match=message):

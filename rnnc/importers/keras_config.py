@@ -74,9 +74,6 @@ class LayerConverter:
                 # Keras's Bidirectional forces zero_output_for_mask = return_sequences on both
                 # halves; rnnc's Bidirectional does the same.
                 handled.add("zero_output_for_mask")
-                if cfg.get("stateful"):
-                    self.err(loc, "stateful=True inside Bidirectional is not supported: a backward half cannot "
-                                  "stream (it reads each chunk from its end)")
         keys.pop("initial_state", None)
         keys.pop("lowering", None)
         if cls == "RNN":

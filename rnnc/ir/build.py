@@ -329,9 +329,6 @@ class _Builder:
                 raise self.fail(decl.path + ("input",), f"the inputs of {decl.name!r} must share batch and time "
                                 f"dims: {x} from {refs[0]} and {other} from {r}")
         if cfg.get("stateful"):
-            if not initial:
-                raise self.fail(decl.path + ("stateful",), "stateful: true inside Bidirectional is not supported: "
-                                "a backward half cannot stream (it reads each chunk from its end)")
             if not isinstance(x.dims[0], int):
                 raise self.fail(decl.path + ("stateful",), f"stateful: true needs a fixed batch size, got {x.dims[0]!r} "
                                 "in the input shape: set the input's first dim to an integer (Keras: batch_size=...)")
@@ -400,6 +397,9 @@ class _Builder:
             if back_decl.config["go_backwards"] == inner.config["go_backwards"]:
                 raise self.fail(back_decl.path + ("go_backwards",), "backward_layer must have go_backwards opposite "
                                 f"to layer's (expected {not inner.config['go_backwards']})")
+            if back_decl.config["stateful"] != inner.config["stateful"]:
+                raise self.fail(back_decl.path + ("stateful",), f"backward_layer must have the same stateful as "
+                                f"layer ({inner.config['stateful']}), got {back_decl.config['stateful']}")
         fwd = self.recurrent(inner, dict(base, name="forward", kind=inner.type, config=inner.config, path=inner.path),
                              [r], [x], mask, initial=False)
         bwd = self.recurrent(back_decl, dict(base, name="backward", kind=back_decl.type, config=back_decl.config,
@@ -426,9 +426,12 @@ class _Builder:
                     outs[f"{half}_{p}"] = lay.outputs[p]
         params = {f"forward/{k}": s for k, s in fwd.params.items()}
         params.update({f"backward/{k}": s for k, s in bwd.params.items()})
+        # stateful (Keras 3): each half carries its own states from call to call; the backward
+        # half reads each chunk from its end, starting from the states the previous chunk left
+        states = tuple((f"{half.name}_{p}", d) for half in (fwd, bwd) for p, d in half.states)
         return Layer(**base, outputs=outs, params=params, mask_in=mask, mask_out=mask if seqs else None,
                      sublayers=(fwd, bwd), notes=tuple(dict.fromkeys(fwd.notes + bwd.notes)),
-                     time=x.dims[1])
+                     time=x.dims[1], states=states)
 
 
 def _cell_keys(cell_type: str) -> set[str]:

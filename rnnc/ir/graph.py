@@ -61,13 +61,6 @@ class Layer:
     time: int | str | None = None           # recurrent layers: the input's time dim
     states: tuple[tuple[str, tuple[int | str, ...]], ...] = ()  # recurrent: every state (port, dims), returned or not
 
-    @property
-    def stateful(self) -> bool:
-        return bool(self.config.get("stateful")) and bool(self.cells)
-
-    def state_io(self) -> list[tuple[str, str, str, tuple[int | str, ...]]]:
-        """A stateful layer's state plumbing: (port, input name, output name, dims)."""
-        return [(p, f"{self.name}/{p}_in", f"{self.name}/{p}_out", d) for p, d in self.states] if self.stateful else []
     lowering: str | None = None             # chosen strategy: native | loop | unroll | plain
     reason: str = ""                        # why that strategy (shown by inspect)
     notes: tuple[str, ...] = ()             # e.g. "dropout ignored at inference"
@@ -77,6 +70,17 @@ class Layer:
     @property
     def is_recurrent(self) -> bool:
         return bool(self.cells)
+
+    @property
+    def stateful(self) -> bool:
+        if self.sublayers:   # Bidirectional: its halves are stateful together
+            return all(s.stateful for s in self.sublayers)
+        return bool(self.config.get("stateful")) and bool(self.cells)
+
+    def state_io(self) -> list[tuple[str, str, str, tuple[int | str, ...]]]:
+        """A stateful layer's state plumbing: (port, input name, output name, dims). A
+        Bidirectional's ports are its halves' (`forward_state_h`, ..., `backward_state_c`)."""
+        return [(p, f"{self.name}/{p}_in", f"{self.name}/{p}_out", d) for p, d in self.states] if self.stateful else []
 
     @property
     def state_ports(self) -> tuple[str, ...]:

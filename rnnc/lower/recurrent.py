@@ -198,35 +198,48 @@ def _bidi(strategy: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
         X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
         mask = ctx.mask(layer)
+        # stateful: each half's carried states come in as `<layer>/<half>_<port>_in`
+        io = layer.state_io()
+        n_fwd = len(layer.sublayers[0].states)
+        init = {"forward": [i for _, i, _, _ in io[:n_fwd]] or None, "backward": [i for _, i, _, _ in io[n_fwd:]] or None}
         if strategy == "native" and fusable(layer):
             if mask is None:
-                return _bidi_fused(ctx, layer, X)
-            # One bidirectional op with sequence_lens for right-padded batches, else the Loops.
-            # Both agree with Keras, whose halves output zeros at masked steps here.
-            cond, lens, _ = right_padded(ctx, mask)
-            ports: list[str] = []
+                out, finals = _bidi_fused(ctx, layer, X, init, need_finals=bool(io))
+            else:
+                # One bidirectional op with sequence_lens for right-padded batches, else the Loops.
+                # Both agree with Keras, whose halves output zeros at masked steps here.
+                cond, lens, _ = right_padded(ctx, mask)
+                ports: list[str] = []
 
-            def fast() -> list[str]:
-                out = _bidi_fused(ctx, layer, X, seq_lens=lens)
-                ports[:] = list(out)
-                return list(out.values())
+                def fast() -> list[str]:
+                    out, finals = _bidi_fused(ctx, layer, X, init, seq_lens=lens, need_finals=bool(io))
+                    ports[:] = list(out)
+                    return list(out.values()) + finals
 
-            def exact() -> list[str]:
-                out = _bidi_halves(ctx, layer, X, mask, "loop")
-                return [out[p] for p in ports]
+                def exact() -> list[str]:
+                    out, finals = _bidi_halves(ctx, layer, X, mask, "loop", init)
+                    return [out[p] for p in ports] + (finals if io else [])
 
-            return dict(zip(ports, if_node(ctx, cond, fast, exact, name="If_right_padded")))
-        return _bidi_halves(ctx, layer, X, mask, strategy)
+                res = if_node(ctx, cond, fast, exact, name="If_right_padded")
+                out, finals = dict(zip(ports, res)), res[len(ports):]
+        else:
+            out, finals = _bidi_halves(ctx, layer, X, mask, strategy, init)
+        for (_, _, name, _), s in zip(io, finals):     # ... and go out as `<layer>/<half>_<port>_out`
+            ctx.state_outputs[name] = s
+        return out
     return rule
 
 
-def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, strategy: str) -> dict[str, str]:
+def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, strategy: str,
+                 init: dict[str, list[str] | None]) -> tuple[dict[str, str], list[str]]:
+    """Each half on its own (native op or time loop). Returns (outputs, every final state:
+    forward's, then backward's)."""
     fwd, bwd = layer.sublayers
     seqs = fwd.config["return_sequences"]
     halves = {}
     for half in (fwd, bwd):
         # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
-        Ys, states, last = run(ctx, half, f"{layer.name}/{half.name}", [X], init=None, mask=mask,
+        Ys, states, last = run(ctx, half, f"{layer.name}/{half.name}", [X], init=init[half.name], mask=mask,
                                need_seq=seqs, zero_output=seqs, strategy=strategy)
         if seqs:
             Y = Ys[0]
@@ -240,17 +253,21 @@ def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, strategy
     for half in (fwd, bwd):
         for port, s in zip(half.state_ports, halves[half.name][1]):
             out[f"{half.name}_{port}"] = s
-    return out
+    return out, halves["forward"][1] + halves["backward"][1]
 
 
-def _bidi_fused(ctx: LowerCtx, layer: Layer, X: str, seq_lens: str = "") -> dict[str, str]:
-    """Both halves as ONE ONNX op with direction=bidirectional."""
+def _bidi_fused(ctx: LowerCtx, layer: Layer, X: str, init: dict[str, list[str] | None], seq_lens: str = "",
+                *, need_finals: bool = False) -> tuple[dict[str, str], list[str]]:
+    """Both halves as ONE ONNX op with direction=bidirectional. Returns (outputs, the final
+    states of both halves when need_finals, else [])."""
     b = ctx.b
     fwd, bwd = layer.sublayers
     seqs = fwd.config["return_sequences"]
     cells = [fwd.cells[0], bwd.cells[0]]
     ws = [native.cell_weights(ctx, f"{layer.name}/{h.name}", h.cells[0]) for h in (fwd, bwd)]
-    Y, Yh, Yc = native.rnn_op(ctx, cells, ws, X, direction="bidirectional", need_y=seqs, seq_lens=seq_lens)
+    inits = [init["forward"], init["backward"]] if init["forward"] else None
+    Y, Yh, Yc = native.rnn_op(ctx, cells, ws, X, direction="bidirectional", need_y=seqs, seq_lens=seq_lens,
+                              init=inits)
     u = cells[0].units
     mode = layer.config["merge_mode"]
     if seqs:
@@ -269,14 +286,16 @@ def _bidi_fused(ctx: LowerCtx, layer: Layer, X: str, seq_lens: str = "") -> dict
         else:
             yf, yb = b.op("Split", [Yh], outputs=2, axis=0, num_outputs=2)
             out = _merge(ctx, mode, ctx.squeeze(yf, 0), ctx.squeeze(yb, 0))
-    if fwd.state_ports:
+    finals: list[str] = []
+    if fwd.state_ports or need_finals:
         hs = b.op("Split", [Yh], outputs=2, axis=0, num_outputs=2)
         cs = b.op("Split", [Yc], outputs=2, axis=0, num_outputs=2) if Yc is not None else None
         for d, half in enumerate((fwd, bwd)):
             states = [ctx.squeeze(hs[d], 0)] + ([ctx.squeeze(cs[d], 0)] if cs else [])
             for port, s in zip(half.state_ports, states):
                 out[f"{half.name}_{port}"] = s
-    return out
+            finals += states if need_finals else []
+    return out, finals
 
 
 register("Bidirectional", "native", supports=_bidi_supports)(_bidi("native"))
