@@ -195,8 +195,8 @@ def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
         # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
         seq, last, states = run_cells(half, hw, [x], mask, init or None, zero_output_for_mask=seqs)
         y = seq[0] if seqs else last[0]
-        if seqs and half.config["go_backwards"]:
-            y = y[:, ::-1]    # back to input order
+        if seqs and half is bwd:
+            y = y[:, ::-1]    # Keras flips the backward half's sequence, never the forward half's
         results[half.name] = (y, states)
     (yf, sf), (yb, sb) = results["forward"], results["backward"]
     mode = layer.config["merge_mode"]

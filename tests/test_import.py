@@ -111,6 +111,16 @@ def test_masking_bidirectional_return_state(tmp_path, merge):
     assert "mask_value: -1.0" in imp.spec_text
 
 
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_bidirectional_forward_half_reading_backwards_keeps_its_backward_layer(tmp_path, return_sequences):
+    x = keras.Input((None, F), name="x")
+    y = L.Bidirectional(L.SimpleRNN(2, go_backwards=True, return_sequences=return_sequences),
+                        backward_layer=L.SimpleRNN(2, return_sequences=return_sequences), merge_mode=None,
+                        name="bi")(x)
+    imp = check_keras(keras.Model(x, y), tmp_path, {"x": xs()})
+    assert "backward_layer" in imp.spec_text
+
+
 def test_bidirectional_null_merge_and_own_backward_layer(tmp_path):
     x = keras.Input((None, F), name="x")
     back = L.GRU(3, reset_after=False, return_sequences=True, go_backwards=True)
@@ -265,15 +275,30 @@ def test_training_only_options_are_notes(tmp_path):
     assert any("kernel_constraint" in n for n in imp.notes) and any("recurrent_regularizer" in n for n in imp.notes)
 
 
-def test_shared_layer_and_keras_or_merged_masks_refused(tmp_path, capsys):
+def test_shared_layer_refused(tmp_path, capsys):
     x = keras.Input((None, F), name="x")
     lstm = L.LSTM(4, return_sequences=True, name="lstm")
     refused(keras.Model(x, lstm(lstm(x))), tmp_path, capsys, "called 2 times")
-    t = keras.Input((None,), dtype="int32", name="t")
+
+
+@pytest.mark.parametrize("merge, second", [("Add", "embedding"), ("Multiply", "masking"), ("Average", "masking"),
+                                           ("Concatenate", "masking"), ("Concatenate", "none")])
+def test_merged_masks_feed_a_recurrent_layer_like_keras(tmp_path, merge, second):
+    """Keras 3 ORs the masks in a merge (Concatenate counts an unmasked input as all true):
+    the recurrent layer after it sees that mask, in the import as in the compiled model."""
+    x = keras.Input((None, F), name="x")
     a = L.LSTM(3, return_sequences=True, name="a")(L.Masking(name="m")(x))
-    b = L.Embedding(9, 3, mask_zero=True, name="e")(t)
-    y = L.GRU(2, name="gru")(L.Add(name="add")([a, b]))
-    refused(keras.Model([x, t], y), tmp_path, capsys, "(gru, GRU)", "OR")
+    if second == "embedding":
+        t = keras.Input((None,), dtype="int32", name="t")
+        b, inputs = L.Embedding(9, 3, mask_zero=True, name="e")(t), [x, t]
+        feeds = {"x": xs(mask_value=0.0), "t": tokens(high=9, masked=True)[:, ::-1].copy()}
+    else:
+        x2 = keras.Input((None, F), name="x2")
+        b = L.Masking(name="m2")(x2) if second == "masking" else L.Dense(3, name="d")(x2)
+        inputs = [x, x2]
+        feeds = {"x": xs(mask_value=0.0), "x2": xs(seed=2, mask_value=0.0)[::-1].copy()}
+    y = L.GRU(2, return_sequences=True, name="gru")(getattr(L, merge)(name="merge")([a, b]))
+    check_keras(keras.Model(inputs, y), tmp_path, feeds)
 
 
 def test_corrupt_and_wrong_files(tmp_path, capsys):

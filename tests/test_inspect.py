@@ -181,7 +181,8 @@ def test_json_fields_exact(tmp_path):
         assert Counter(l["ops"]) == Counter(m["nodes"]), l["name"]
     node = next(n for n in lstm["nodes"] if n["op"] == "LSTM")
     assert list(node) == ["name", "op", "outputs"] and node["name"] == "lstm/LSTM"
-    assert [o["shape"] for o in node["outputs"]] == [[1, "batch", 128], [1, "batch", 128]]
+    # Y (named though unread: onnx.reference needs every output named), Y_h, Y_c
+    assert [o["shape"] for o in node["outputs"]] == [["time", 1, "batch", 128], [1, "batch", 128], [1, "batch", 128]]
     assert lstm["placement"] == [{"node": "lstm/LSTM", "op": "LSTM", "layer": "lstm", "in": [], "device": "cuda",
                                   "why": "cuDNN LSTM"}]
     assert data["placement"] == lstm["placement"]

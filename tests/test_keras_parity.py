@@ -230,8 +230,8 @@ def test_recurrent_options(kind_id, variant):
 
 # --------------------------------------------------------------------------- 2. activations
 
-NATIVE_ACTS = ["relu", "hard_sigmoid", "elu", "softsign", "softplus", "linear"]
-LOOP_ACTS = ["gelu", "selu", "silu", "softmax"]
+NATIVE_ACTS = ["relu", "hard_sigmoid", "elu", "softsign", "linear"]
+LOOP_ACTS = ["gelu", "selu", "silu", "softmax", "softplus"]
 ACT_CASES = [(k, a) for k in ("SimpleRNN", "GRU", "LSTM") for a in NATIVE_ACTS + LOOP_ACTS]
 
 
@@ -249,7 +249,9 @@ def test_activations(kind, act):
 
 
 REC_ACT_CASES = [("LSTM", "hard_sigmoid", 1), ("GRU", "hard_sigmoid", 1), ("LSTM", "relu", 1),
-                 ("GRU", "softsign", 1), ("LSTM", "gelu", 0), ("GRU", "silu", 0)]
+                 ("GRU", "softsign", 1), ("LSTM", "gelu", 0), ("GRU", "silu", 0),
+                 # softmax is not element-wise: Keras applies it to each gate on its own
+                 ("LSTM", "softmax", 0), ("GRU", "softmax", 0), ("GRU_reset_after_false", "softmax", 0)]
 
 
 @pytest.mark.parametrize("kind,rec_act,native", REC_ACT_CASES, ids=[f"{k}-{a}" for k, a, _ in REC_ACT_CASES])
@@ -257,6 +259,25 @@ def test_recurrent_activation(kind, rec_act, native):
     c = single_layer(rnn_cfg(kind, recurrent_activation=rec_act, return_sequences=True))
     c.check({"x": rand_x((B, T, F))})
     c.expect(native=native, loops=1 - native)
+
+
+ALPHA_CASES = [(k, a, r) for k in ("LSTM", "GRU") for a, r in (
+    ("linear", "sigmoid"), ("elu", "sigmoid"), ("hard_sigmoid", "sigmoid"), ("tanh", "hard_sigmoid"),
+    ("linear", "hard_sigmoid"), ("elu", "hard_sigmoid"))] + [("SimpleRNN", a, None) for a in ("linear", "elu")]
+
+
+@pytest.mark.parametrize("kind,act,rec_act", ALPHA_CASES, ids=[f"{k}-{a}-{r}" for k, a, r in ALPHA_CASES])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bidi"])
+def test_native_activation_parameters(kind, act, rec_act, bidirectional):
+    """Activations that take ONNX alpha/beta (Affine for linear, Elu, HardSigmoid) in any position
+    of the op's `activations`, both directions of one bidirectional op included."""
+    extra = {"activation": act, **({"recurrent_activation": rec_act} if rec_act else {})}
+    if bidirectional:
+        c = bidi(kind, "concat", return_sequences=True, inner=extra)
+    else:
+        c = single_layer(rnn_cfg(kind, return_sequences=True, **extra))
+    c.check({"x": rand_x((B, T, F))})
+    c.expect(native=1, loops=0)
 
 
 def test_hard_sigmoid_is_keras3():
@@ -511,6 +532,21 @@ def test_bidirectional_explicit_backward_layer_different():
     c = bidi("GRU", "concat", return_sequences=True, backward=back)
     c.check({"x": rand_x((B, T, F))})
     c.expect(native=2, loops=0)     # different configs: one native op per half
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("masking", [False, True])
+def test_bidirectional_forward_half_reads_backwards(return_sequences, masking):
+    """layer with go_backwards: true, backward_layer with false: Keras flips the backward half's
+    sequence and never the forward half's, so both come out reversed in time."""
+    back = {"type": "SimpleRNN", "units": 6, "return_sequences": return_sequences}
+    c = bidi("SimpleRNN", None, return_sequences=return_sequences, inner={"go_backwards": True}, backward=back,
+             masking=masking)
+    if masking:
+        check_all_masks(c, lambda p: {"x": masked_x(p)})
+    else:
+        c.check({"x": rand_x((B, T, F))})
+    assert c.native == 2 and c.c.graph.layers["bi"].reason.startswith("native: one ONNX op per half")
 
 
 def test_bidirectional_loop_activation():

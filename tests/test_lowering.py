@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import RNN_OPS, check_parity, compile_text, op_counts, run_onnx_reference, run_ort, time_loops
+from helpers import (RNN_OPS, TOL, check_parity, compile_text, op_counts, random_feeds, run_onnx_reference, run_ort,
+                     time_loops)
+from rnnc.reference import run_reference
 
-from rnnc.errors import LoweringError
+from rnnc.errors import LoweringError, SpecError
 
 HEAD = "rnnc: 1\ninputs: {{x: {{shape: [batch, {time}, 3]}}}}\nlayers:\n"
 
@@ -33,7 +35,7 @@ def test_recurrent_layers_each_lowering(layer, options, lowering, native, loops)
     ("SimpleRNN", "activation: relu", 1), ("SimpleRNN", "activation: linear", 1),
     ("SimpleRNN", "activation: softsign", 1), ("SimpleRNN", "activation: gelu", 0),
     ("GRU", "activation: elu, recurrent_activation: hard_sigmoid", 1),
-    ("GRU", "activation: softplus", 1), ("GRU", "activation: selu", 0),
+    ("GRU", "activation: softplus", 0), ("GRU", "activation: selu", 0),
     ("LSTM", "recurrent_activation: hard_sigmoid", 1), ("LSTM", "activation: relu", 1),
     ("LSTM", "activation: silu", 0), ("LSTM", "activation: softmax", 0),
 ])
@@ -44,6 +46,41 @@ def test_activations_native_where_exact_else_loop(layer, acts, native):
                                                                                   and "linear" in acts))
     reason = c.graph.layers[layer.split(",")[0].lower() if layer != "SimpleRNN" else "simple_rnn"].reason
     assert reason.startswith("native" if native else "Loop: activation")
+
+
+NATIVE_ACTIVATIONS = ["tanh", "sigmoid", "relu", "hard_sigmoid", "linear", "elu", "softsign"]
+
+
+@pytest.mark.parametrize("layer", ["LSTM", "GRU", "SimpleRNN"])
+@pytest.mark.parametrize("act", NATIVE_ACTIVATIONS + ["softplus"])
+def test_every_native_activation_pair_in_both_directions(layer, act):
+    """Each activation with each recurrent activation, in one bidirectional op: the alphas and
+    betas reach the activations that take them, wherever they sit in the op's list. softplus
+    takes the Loop (ONNX Runtime's recurrent ops overflow it above 88). Unbounded gates (linear,
+    relu) make the values explode, so the error is taken relative to their size."""
+    recs = NATIVE_ACTIVATIONS + ["softplus"] if layer != "SimpleRNN" else [None]
+    for rec in recs:
+        acts = f"activation: {act}" + (f", recurrent_activation: {rec}" if rec else "")
+        text = HEAD.format(time="time") + (f"  - {{type: Bidirectional, layer: {{type: {layer}, units: 3, {acts}, "
+                                           "return_sequences: true}}\n")
+        c = compile_text(text)
+        feeds = random_feeds(c.graph)
+        want, got = run_reference(c.graph, c.weights, feeds)["bidirectional"], run_ort(c.model, feeds)["bidirectional"]
+        assert np.max(np.abs(got - want)) <= TOL * max(1.0, float(np.max(np.abs(want)))), (acts, np.max(np.abs(got - want)))
+        native = "softplus" not in (act, rec)
+        counts = op_counts(c.model)
+        assert sum(counts[o] for o in RNN_OPS) == native and time_loops(counts) == 2 * (not native), (acts, counts)
+
+
+def test_softplus_large_inputs_stay_finite():
+    """log(1 + exp(x)) overflows above x = 88 in ONNX Runtime's recurrent ops; rnnc's Loop does not."""
+    text = HEAD.format(time="time") + "  - {type: SimpleRNN, units: 2, activation: softplus, return_sequences: true}\n"
+    c = compile_text(text, weights={"simple_rnn/kernel": np.full((3, 2), 50.0, np.float32),
+                                    "simple_rnn/recurrent_kernel": np.eye(2, dtype=np.float32),
+                                    "simple_rnn/bias": np.zeros(2, np.float32)})
+    x = np.ones((1, 3, 3), np.float32)
+    got = run_ort(c.model, {"x": x})["simple_rnn"]
+    assert np.isfinite(got).all() and np.allclose(got[0, :, 0], [150, 300, 450])
 
 
 @pytest.mark.parametrize("acts", ["recurrent_activation: hard_sigmoid", "activation: relu"])
@@ -166,8 +203,13 @@ def test_bidirectional_backward_layer_and_go_backwards_inner():
         "backward_layer: {type: GRU, units: 2, go_backwards: true, return_sequences: true}}\n")
     check_parity(text, native=2, loops=0)
     text = HEAD.format(time="time") + (
-        "  - {type: Bidirectional, name: bi, layer: {type: GRU, units: 3, go_backwards: true}}\n")
-    check_parity(text, native=2, loops=0)   # Keras 3: both halves read backwards: not fusable
+        "  - {type: Bidirectional, name: bi, layer: {type: GRU, units: 3, go_backwards: true, return_sequences: true}, "
+        "backward_layer: {type: GRU, units: 3, return_sequences: true}}\n")
+    check_parity(text, native=2, loops=0)   # the halves swapped their directions: not fusable
+    # Keras 3 refuses a layer reading backwards without its own backward_layer (both would)
+    with pytest.raises(SpecError, match="needs a backward_layer with go_backwards: false"):
+        compile_text(HEAD.format(time="time") + "  - {type: Bidirectional, layer: {type: GRU, units: 3, "
+                     "go_backwards: true}}\n")
 
 
 @pytest.mark.parametrize("lowering, native, loops", [("auto", 3, 0), ("loop", 0, 1), ("unroll", 0, 0)])
@@ -278,3 +320,12 @@ def test_any_batch_and_length_from_one_model():
         assert run_ort(c.model, feeds)["gru"].shape == (batch, time, 4)
         assert np.max(np.abs(run_ort(c.model, feeds)["gru"] - want)) < 1e-5
         assert np.max(np.abs(run_onnx_reference(c.model, feeds)["gru"] - want)) < 1e-5
+
+
+@pytest.mark.parametrize("layer", ["SimpleRNN", "LSTM", "GRU"])
+def test_initial_state_from_a_layer_without_bias_runs_on_onnx_reference(layer):
+    """An omitted input ("") after a node whose unused output had no name: onnx.reference
+    would feed that output in. Every output gets a name."""
+    text = (HEAD.format(time="time") + f"  - {{type: {layer}, name: a, units: 2, return_state: true}}\n"
+            f"  - {{type: {layer}, name: b, input: x, units: 2, use_bias: false, initial_state: a.states}}\n")
+    check_parity(text, native=2, loops=0, target="portable")

@@ -123,6 +123,10 @@ layers:
      "expected a recurrent layer (SimpleRNN, GRU, LSTM, RNN) inside Bidirectional, got 'Dense'"),
     ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: RNN, cell: {type: Foo, units: 2}}\n",
      "unknown cell type 'Foo'"),
+    ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n"
+     "  - {type: Bidirectional, layer: {type: GRU, units: 2, go_backwards: true}}\n",
+     "m.yaml:4: layers[0].layer.go_backwards: a Bidirectional layer with go_backwards: true needs a backward_layer "
+     "with go_backwards: false"),
     ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: 2, dropout: 1.5}\n",
      "m.yaml:4: layers[0].dropout: expected a number in [0, 1), got 1.5"),
     ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: true}\n",

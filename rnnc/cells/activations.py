@@ -44,6 +44,17 @@ NUMPY: dict[str, object] = {
 }
 
 NAMES: tuple[str, ...] = tuple(NUMPY)
+# softmax normalizes over the last axis: applied to gates stacked side by side it would mix
+# them, so it goes to each gate on its own (as Keras applies it)
+ACROSS_AXIS = frozenset({"softmax"})
+
+
+def per_gate(ops, name: str, x, n: int) -> list:
+    """act(name) of each of the n gates stacked along x's last axis: one op over all of them
+    for an element-wise activation."""
+    if name in ACROSS_AXIS:
+        return [ops.act(name, g) for g in ops.split(x, n)]
+    return ops.split(ops.act(name, x), n)
 
 
 def apply(name: str, x: np.ndarray) -> np.ndarray:

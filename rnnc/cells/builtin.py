@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .activations import per_gate
 from .gates import permute_gates
 
 
@@ -74,7 +75,7 @@ def _lstm_step(ops, xp, states, units, cfg):
     z = ops.matmul_add(h, ops.param("U"), xp)                              # [B, 4u] (i f o c)
     ifo, g = ops.split(z, [3 * units, units])
     ra, act = cfg["recurrent_activation"], cfg["activation"]
-    i, f, o = ops.split(ops.act(ra, ifo), 3)
+    i, f, o = per_gate(ops, ra, ifo, 3)
     c = ops.add(ops.mul(f, c), ops.mul(i, ops.act(act, g)))
     h = ops.mul(o, ops.act(act, c))
     return h, (h, c)
@@ -112,11 +113,11 @@ def _gru_step(ops, xp, states, units, cfg):
                else ops.matmul(h, ops.param("U")))                          # [B, 3u]
         xzr, xh = ops.split(xp, [2 * units, units])
         rzr, rh = ops.split(rec, [2 * units, units])
-        z, r = ops.split(ops.act(ra, ops.add(xzr, rzr)), 2)
+        z, r = per_gate(ops, ra, ops.add(xzr, rzr), 2)
         hh = ops.act(act, ops.add(xh, ops.mul(r, rh)))
     else:
         xzr, xh = ops.split(xp, [2 * units, units])
-        z, r = ops.split(ops.act(ra, ops.add(xzr, ops.matmul(h, ops.param("U_zr")))), 2)
+        z, r = per_gate(ops, ra, ops.add(xzr, ops.matmul(h, ops.param("U_zr"))), 2)
         hh = ops.act(act, ops.add(xh, ops.matmul(ops.mul(r, h), ops.param("U_h"))))
     h = ops.add(ops.mul(z, h), ops.mul(ops.one_minus(z), hh))
     return h, (h,)

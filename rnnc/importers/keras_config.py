@@ -106,8 +106,8 @@ class LayerConverter:
             return False
         out["layer"] = fwd
         # Keras 3 writes backward_layer even when it made it itself (a copy of `layer` with
-        # go_backwards flipped): keep it only where it differs from that copy.
-        if bwd is not None and _norm(bwd) != _norm({**fwd, "go_backwards": not fwd.get("go_backwards", False)}):
+        # go_backwards set to true): keep it only where it differs from that copy.
+        if bwd is not None and _norm(bwd) != _norm({**fwd, "go_backwards": True}):
             out["backward_layer"] = bwd
         return True
 

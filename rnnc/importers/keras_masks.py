@@ -80,7 +80,9 @@ def _or(a: frozenset | str, b: frozenset | str) -> frozenset | str:
 
 
 def _rnnc(mc: "ModelConverter", graph: Graph, ref: Ref | None) -> Any:
-    """The mask rnnc derives, in the same form ("and" marks rnnc's AND of different masks)."""
+    """The mask rnnc derives (rnnc/ir/build.py, merge), in the same form: Add, Multiply and
+    Average OR their inputs' masks and drop the mask when an input has none; Concatenate ORs
+    them with an unmasked input counting as all true."""
     if ref is None:
         return None
     layer = graph.layers[ref.layer]
@@ -90,17 +92,19 @@ def _rnnc(mc: "ModelConverter", graph: Graph, ref: Ref | None) -> Any:
     if layer.kind == "Embedding":
         return frozenset({("ne", src, 0.0)})
     if layer.kind in MERGES:
-        present = {_rnnc(mc, graph, m) for m in layer.config["input_masks"] if m is not None}
-        present.discard(None)
-        return present.pop() if len(present) == 1 else ("and", frozenset(present))
+        masks = [_rnnc(mc, graph, m) for m in layer.config["input_masks"]]
+        if all(m is None for m in masks) or (layer.kind != "Concatenate" and None in masks):
+            return None
+        out: frozenset | str = frozenset()
+        for m in masks:
+            out = _or(out, ALL if m is None else m if isinstance(m, (frozenset, str)) else frozenset({m}))
+        return None if out == ALL else out
     return ("from", ref.layer)
 
 
 def describe(m: Any) -> str:
     if m is None or m == ALL:
         return "no mask"
-    if isinstance(m, tuple) and m[0] == "and":
-        return "the mask AND of (" + "; ".join(sorted(describe(x).removeprefix("the mask ") for x in m[1])) + ")"
     if isinstance(m, tuple):
         return f"the mask output of {m[1]!r}"
     parts = []
@@ -128,11 +132,6 @@ def check_masks(mc: "ModelConverter", graph: Graph) -> list[Problem]:
         keras = None if keras == ALL or keras == frozenset() else keras
         ours = _rnnc(mc, graph, graph.layers[name].mask_in)
         if keras != ours:
-            hint = ""
-            if any(l["type"] in MERGES for l in mc.layers):
-                hint = (" (Keras 3 merges masks with OR in Add, Multiply, Average and Concatenate, and Add/Multiply/"
-                        "Average drop the mask when one input has none; rnnc merges them with AND)")
             problems.append(Problem(f"Keras passes this layer {describe(keras)}, rnnc would use "
-                                    f"{describe(ours)}: the results would differ{hint}",
-                                    file=mc.file, path=mc.where[name]))
+                                    f"{describe(ours)}: the results would differ", file=mc.file, path=mc.where[name]))
     return problems

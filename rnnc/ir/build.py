@@ -388,6 +388,10 @@ class _Builder:
         if back_decl is None:
             # Keras 3 (layers/rnn/bidirectional.py): the backward half is a copy of the layer
             # with go_backwards set to True (Keras 2 flipped it instead).
+            if inner.config["go_backwards"]:
+                raise self.fail(inner.path + ("go_backwards",), "a Bidirectional layer with go_backwards: true "
+                                "needs a backward_layer with go_backwards: false (the default backward half is "
+                                "the layer with go_backwards: true, which would read the same way, as in Keras 3)")
             back_decl = replace(inner, config={**inner.config, "go_backwards": True}, path=inner.path)
         else:
             for k in ("return_sequences", "return_state"):

@@ -97,18 +97,22 @@ def rnn_op(ctx: LowerCtx, cells: list[Cell], weights: list[dict[str, np.ndarray]
     if acts != DEFAULTS[cell.kind] * len(cells):
         spec = [RNN_OP[a] for a in acts]
         attrs["activations"] = [s[0] for s in spec]
-        if any(s[1] is not None for s in spec):
-            attrs["activation_alpha"] = [s[1] if s[1] is not None else 0.0 for s in spec]
-        if any(s[2] is not None for s in spec):
-            attrs["activation_beta"] = [s[2] if s[2] is not None else 0.0 for s in spec]
+        # ONNX Runtime hands the alphas (and betas) out in order to the activations that take
+        # one, so the lists hold only theirs: no placeholders for Sigmoid or Tanh
+        alphas = [s[1] for s in spec if s[1] is not None]
+        betas = [s[2] for s in spec if s[2] is not None]
+        attrs["activation_alpha"] = alphas or None
+        attrs["activation_beta"] = betas or None
     if cell.kind == "GRU":
         attrs["linear_before_reset"] = 1 if cell.config["reset_after"] else 0
     op = ONNX_OP[cell.kind]
-    outs = [b.fresh(f"{op}_Y") if need_y else "", b.fresh(f"{op}_Y_h")]
+    # Y gets a name even when nothing reads it: onnx.reference keeps an unnamed output under
+    # the name "" and would hand it to the next node's omitted ("") inputs
+    outs = [b.fresh(f"{op}_Y"), b.fresh(f"{op}_Y_h")]
     if n_states == 2:
         outs.append(b.fresh(f"{op}_Y_c"))
     b.op(op, ins, outputs=outs, name=op, **attrs)
-    return (outs[0] or None), outs[1], (outs[2] if n_states == 2 else None)
+    return (outs[0] if need_y else None), outs[1], (outs[2] if n_states == 2 else None)
 
 
 def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, X: str, *, init: list[str] | None,

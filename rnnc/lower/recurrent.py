@@ -242,9 +242,11 @@ def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, strategy
         Ys, states, last = run(ctx, half, f"{layer.name}/{half.name}", [X], init=init[half.name], mask=mask,
                                need_seq=seqs, zero_output=seqs, strategy=strategy)
         if seqs:
-            Y = Ys[0]
-            if half.config["go_backwards"]:
-                Y = ctx.reverse(Y, 0)            # back to input order before merging
+            Y = Ys[0]                            # in the half's processing order
+            if half is bwd:
+                # Keras flips the backward half's sequence (back to input order when it reads
+                # from the end), never the forward half's, whatever their go_backwards
+                Y = ctx.reverse(Y, 0)
             y = ctx.transpose(Y, [1, 0, 2])      # [B, T, u]
         else:
             y = last[0]
