@@ -344,3 +344,19 @@ def test_arbitrary_step_text_raises_only_spec_errors(step):
         build_graph(spec_obj)
     except SpecError:
         pass
+
+
+@pytest.mark.parametrize("step, state", [("h = tanh(h + 1)", "[units]"), ("h = h", "[units]"),
+                                         ("h = h * 0.5 + 1", "[]")])
+@pytest.mark.parametrize("masked", [False, True])
+def test_step_that_reads_no_input(step, state, masked):
+    """Nothing to scan: the time loop is an ONNX Loop over the input's time steps."""
+    cells = f"cells:\n  C:\n    attrs: [units]\n    state: {{h: {state}}}\n    step: |\n      {step}\n    output: h\n"
+    layers = ("  - {type: Masking}\n" if masked else "") + \
+        "  - {type: RNN, name: r, cell: {type: C, units: 4}, return_sequences: true, return_state: true}\n"
+    text = spec(cells, layers, "x: {shape: [batch, 6, 3]}", "outputs: [r, r.states]\n")
+    from test_lowering import masked_input
+    c, got, _ = check_parity(text, native=0, loops=1, feeds=masked_input("holes") if masked else None)
+    counts = op_counts(c.model)
+    assert counts["Scan" if masked else "Loop"] == 1, counts     # a mask is something to scan
+    assert ("as ONNX Scan" if masked else "as ONNX Loop (the step reads no input") in c.graph.layers["r"].reason

@@ -71,3 +71,22 @@ def test_bad_model_files(tmp_path):
         rnnc.Session(tmp_path / "bad.onnx")
     with pytest.raises(RnncError, match="providers: expected auto, cpu, cuda"):
         rnnc.Session(compile_text(TEXT), providers="tpu")
+
+
+def test_dims_named_apart_but_combined_are_checked_at_run_time():
+    """Keras lets two None dims meet in a merge or an initial_state: they must then agree at
+    run time, which the session checks (instead of ONNX Runtime's broadcast error, or a silent
+    broadcast of a size-1 dim)."""
+    text = ("rnnc: 1\ninputs:\n  a: {shape: [batch, t1, 4]}\n  b: {shape: [batch, t2, 4]}\n  h: {shape: [n, 3]}\n"
+            "layers:\n  - {type: Add, name: add, input: [a, b]}\n"
+            "  - {type: GRU, name: gru, units: 3, initial_state: [h]}\n")
+    sess = rnnc.Session(compile_text(text))
+    ok = {"a": np.ones((2, 5, 4), np.float32), "b": np.ones((2, 5, 4), np.float32), "h": np.zeros((2, 3), np.float32)}
+    assert sess.run(ok)["gru"].shape == (2, 3)
+    for bad, message in [({"b": np.ones((2, 1, 4), np.float32)},
+                          "dims 't1' = 5 and 't2' = 1 differ, but layer 'add' needs axis 1 of its inputs equal"),
+                         ({"h": np.zeros((3, 3), np.float32)},
+                          "dims 'n' = 3 and 'batch' = 2 differ, but layer 'gru' needs the batch of initial state 0")]:
+        with pytest.raises(InputError) as e:
+            sess.run({**ok, **bad})
+        assert message in e.value.report()

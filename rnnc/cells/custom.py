@@ -41,9 +41,11 @@ def int_eval(text: Any, ints: dict[str, int], path: tuple) -> int:
         return text
     if not isinstance(text, str):
         raise CellDefError(path, f"expected an integer or an integer expression, got {text!r}")
+    if len(text) > 200:
+        raise CellDefError(path, f"expected a short integer expression such as `3 * units`, got {len(text)} characters")
     try:
         tree = ast.parse(text, mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise CellDefError(path, f"expected an integer expression such as `3 * units`, got {text!r}") from None
 
     def ev(e: ast.AST) -> int:

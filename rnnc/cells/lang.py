@@ -280,6 +280,9 @@ class _Builder:
             arity(1)
             x = self.expr(args[0])
             self.floats(x)
+            if fn == "softmax" and not self.node(x).shape:
+                raise self.error("softmax() normalizes over the last axis: expected a tensor of rank 1 or more, "
+                                 "got a scalar")
             return self.add("act" if fn in ACTIVATIONS else fn, (x,), self.node(x).shape, name=fn)
         if fn in ("minimum", "maximum"):
             arity(2)
@@ -317,6 +320,7 @@ class _Builder:
         if fn == "split":
             arity(2)
             x = self.expr(args[0])
+            self.floats(x)
             axis = self.axis(x, self.int_expr(kw["axis"], "axis") if "axis" in kw else -1)
             size = self.node(x).shape[axis]
             if isinstance(args[1], (ast.List, ast.Tuple)):
@@ -334,6 +338,7 @@ class _Builder:
         if fn == "transpose":
             arity(2)
             x = self.expr(args[0])
+            self.floats(x)
             perm = self.int_list(args[1], "transpose permutation")
             shape = self.node(x).shape
             if sorted(p % max(len(shape), 1) for p in perm) != list(range(len(shape))):
@@ -345,6 +350,7 @@ class _Builder:
         if fn == "reshape":
             arity(2)
             x = self.expr(args[0])
+            self.floats(x)
             target = self.int_list(args[1], "reshape shape")
             shape = self.node(x).shape
             body = shape[1:] if self.node(x).batched else shape
@@ -417,8 +423,9 @@ class _Builder:
         if len(args) < 2 or not isinstance(args[0], ast.Constant) or not isinstance(args[0].value, str):
             raise self.error('einsum() takes an equation string and tensors: einsum("bij,ijk->bk", x, w)')
         eq = args[0].value.replace(" ", "")
-        if "->" not in eq or "." in eq:
-            raise self.error(f"einsum: expected an explicit equation such as 'bij,ijk->bk', got {eq!r}")
+        if eq.count("->") != 1 or "." in eq or not eq.isascii():
+            raise self.error(f"einsum: expected an explicit equation of ASCII letters such as 'bij,ijk->bk', "
+                             f"got {eq!r}")
         lhs, rhs = eq.split("->")
         subs = lhs.split(",")
         xs = [self.expr(a) for a in args[1:]]
@@ -437,6 +444,10 @@ class _Builder:
         if not rhs.isalpha() and rhs != "" or any(ch not in sizes for ch in rhs) or len(set(rhs)) != len(rhs):
             raise self.error(f"einsum: output `{rhs}` must use each input index at most once")
         out = tuple(sizes[ch] for ch in rhs)
+        batch = sorted(ch for ch, d in sizes.items() if d == B)
+        if len(batch) > 1:   # two batch indices would pair each example with the others
+            raise self.error(f"einsum: the batch axis takes one index letter in every operand, got "
+                             f"{' and '.join(map(repr, batch))}")
         if any(self.node(x).batched for x in xs) and B not in out[:1]:
             raise self.error("einsum: the batch index must come first in the output")
         return self.add("einsum", tuple(xs), out, equation=eq)
@@ -514,6 +525,24 @@ def parse_step(text: str, *, ints: dict[str, int], inputs: dict[str, tuple[int, 
         outs.append(i)
     return Program(tuple(b.nodes), tuple(b.input_ids), tuple(b.state_ids), tuple(b.param_ids), tuple(next_states),
                    tuple(outs))
+
+
+def live_nodes(prog: Program) -> set[int]:
+    """The nodes the outputs and next states depend on (the rest is dead)."""
+    live: set[int] = set()
+    stack = [*prog.outputs, *prog.next_states]
+    while stack:
+        i = stack.pop()
+        if i not in live:
+            live.add(i)
+            stack.extend(prog.nodes[i].args)
+    return live
+
+
+def reads_inputs(prog: Program) -> bool:
+    """Does the step use its input at all (`h = tanh(h)` does not)?"""
+    live = live_nodes(prog)
+    return any(i in live for _, i in prog.inputs)
 
 
 def state_dependent(prog: Program) -> list[bool]:

@@ -64,13 +64,14 @@ def metadata(graph: Graph, facts: dict[str, dict]) -> dict[str, Any]:
     states = [{"layer": l.name, "port": port, "input": i, "output": o, "dims": list(d)}
               for l in graph.layers.values() for port, i, o, d in l.state_io()]
     return {"name": graph.name, "layers": layers, "states": states,
-            "inputs": list(graph.inputs), "outputs": [o.name for o in graph.outputs]}
+            "inputs": list(graph.inputs), "outputs": [o.name for o in graph.outputs],
+            "equal_dims": [list(c) for c in graph.equal_dims]}
 
 
 def check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as e:   # a compiler bug, never the user's
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:   # a compiler bug, never the user's
         raise RnncError(f"internal error: the emitted model fails onnx.checker: {e}") from e
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from ..cells.builtin import CELL_TYPES, CELLS
 from ..errors import Problem, SpecError
 from ..spec.yamlsrc import format_path
@@ -14,6 +16,8 @@ from .graph import Cell, Graph, Layer, Output
 from .types import Dim, Ref, TensorType
 
 MASK_PASSING = ("Dense", "Dropout", "Activation", "BatchNormalization")
+MAX_PARAMS = 500_000_000      # float32 parameters: 2 GB, the most one ONNX file (protobuf) holds
+MAX_VALUE = 100_000_000       # elements of one example's state or step value
 
 
 class _Fail(Exception):
@@ -27,6 +31,8 @@ class _Builder:
         self.inputs = {n: TensorType(d.dtype, d.dims) for n, d in spec.inputs.items()}
         self.layers: dict[str, Layer] = {}
         self.failed: set[str] = set()
+        self.params = 0
+        self.equal_dims: list[tuple[Dim, Dim, str]] = []   # checked at run time (rnnc.Session)
 
     # -- errors -----------------------------------------------------------------
     def fail(self, path: tuple, message: str) -> _Fail:
@@ -94,6 +100,7 @@ class _Builder:
                 else:
                     ins = prev
                 layer = self.layer(decl, ins)
+                self.check_sizes(decl, layer)
                 self.layers[layer.name] = layer
                 prev = [Ref(layer.name, p) for p in layer.main_ports]
             except _Fail:
@@ -102,7 +109,8 @@ class _Builder:
         outputs = self.outputs()
         if self.problems:
             raise SpecError(problems=self.problems)
-        return Graph(self.spec.name, self.inputs, self.layers, outputs, file=self.spec.file, seed=self.spec.seed)
+        return Graph(self.spec.name, self.inputs, self.layers, outputs, file=self.spec.file, seed=self.spec.seed,
+                     equal_dims=tuple(self.equal_dims))
 
     def outputs(self) -> list[Output]:
         decls = self.spec.outputs
@@ -192,6 +200,40 @@ class _Builder:
             return self.bidirectional(decl, base, ins[0], x, mask)
         return self.recurrent(decl, base, ins, types, mask)
 
+    def check_sizes(self, decl: LayerDecl, layer: Layer) -> None:
+        """Refuse sizes no model can have before anything is allocated: an ONNX file holds at
+        most 2 GB, and a value of one example (a state, a step value) is held per step."""
+        total = 0
+        for key, shape in layer.params.items():
+            n = int(np.prod(shape, dtype=object))
+            total += n
+            if n > MAX_PARAMS:
+                raise self.fail(decl.path, f"parameter {layer.name}/{key} of shape {shape} has {n:,} elements: "
+                                f"expected at most {MAX_PARAMS:,} (2 GB of float32, the most an ONNX file holds)")
+        self.params += total
+        if self.params > MAX_PARAMS:
+            raise self.fail(decl.path, f"the model reaches {self.params:,} parameters at layer {layer.name!r}: "
+                            f"expected at most {MAX_PARAMS:,} in all (2 GB of float32, the most an ONNX file holds)")
+        cells = [c for half in (layer.sublayers or (layer,)) for c in half.cells]
+        for c in cells:
+            shapes = [s for _, s in c.states] + ([n.shape[1:] for n in c.program.nodes if n.batched]
+                                                 if c.custom else [])
+            for shape in shapes:
+                n = int(np.prod(shape, dtype=object))
+                if n > MAX_VALUE:
+                    raise self.fail(decl.path, f"a value of shape (batch, {', '.join(map(str, shape))}) in cell "
+                                    f"{c.kind!r} has {n:,} elements per example: expected at most {MAX_VALUE:,}")
+
+    def same_dim(self, a: Dim, b: Dim, decl: LayerDecl, what: str) -> bool:
+        """Dims that must be equal: two different fixed sizes never are; where one is a name
+        (as Keras's None), they must be equal at run time, which the runtime checks."""
+        if a == b:
+            return True
+        if isinstance(a, int) and isinstance(b, int):
+            return False
+        self.equal_dims.append((a, b, f"layer {decl.name!r} needs {what} equal"))
+        return True
+
     def expect_float(self, decl: LayerDecl, x: TensorType, r: Ref) -> None:
         if x.dtype != "float32":
             raise self.fail(decl.path + ("input",), f"{decl.type} expects float32 input, got {x.dtype} from {r} "
@@ -221,16 +263,18 @@ class _Builder:
             dims: list[Dim] = list(first.dims)
             for ty in types[1:]:
                 for i, (a, b) in enumerate(zip(dims, ty.dims)):
-                    if i != ax and isinstance(a, int) and isinstance(b, int) and a != b:
-                        raise self.fail(decl.path + ("input",), f"Concatenate expects equal dims except on axis {axis}, got {', '.join(map(str, types))}")
+                    if i != ax and not self.same_dim(a, b, decl, f"axis {i} of its inputs"):
+                        raise self.fail(decl.path + ("input",), f"Concatenate expects equal dims except on axis {axis}, "
+                                        f"got {', '.join(map(str, types))}")
             sizes = [ty.dims[ax] for ty in types]
             dims[ax] = sum(sizes) if all(isinstance(s, int) for s in sizes) else "+".join(map(str, sizes))  # type: ignore[arg-type]
             out = first.with_dims(*dims)
         else:
             for ty in types[1:]:
-                for a, b in zip(first.dims, ty.dims):
-                    if isinstance(a, int) and isinstance(b, int) and a != b:
-                        raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same shape, got {', '.join(map(str, types))}")
+                for i, (a, b) in enumerate(zip(first.dims, ty.dims)):
+                    if not self.same_dim(a, b, decl, f"axis {i} of its inputs"):
+                        raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same shape, got "
+                                        f"{', '.join(map(str, types))}")
             out = first
         outs = {"output": out}
         # Keras 3 (layers/merging): Add, Multiply and Average give no mask when any input has
@@ -360,9 +404,8 @@ class _Builder:
             for i, (ref, (_, shape)) in enumerate(zip(init, want)):
                 ty = self.type_of(ref)
                 exp = (batch, *shape)
-                if ty.dtype != "float32" or ty.rank != len(exp) or any(
-                        isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(ty.dims, exp)) \
-                        or ty.dims[1:] != exp[1:]:
+                if ty.dtype != "float32" or ty.rank != len(exp) or ty.dims[1:] != exp[1:] or \
+                        not self.same_dim(ty.dims[0], batch, decl, f"the batch of initial state {i} and of the input"):
                     raise self.fail(decl.path + ("initial_state",), f"initial state {i} ({ref}): expected float32 "
                                     f"{TensorType('float32', exp)}, got {ty.dtype} {ty}")
         notes = tuple(f"{k}={cfg[k]} ignored at inference" for k in ("dropout", "recurrent_dropout")

@@ -2,7 +2,7 @@
 networkx holds the dependency graph."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -116,6 +116,8 @@ class Graph:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # "<layer>/<param>" -> array
     file: str | None = None
     seed: int = 0
+    # dims written differently that a layer needs equal: (a, b, why), checked at run time
+    equal_dims: tuple[tuple[int | str, int | str, str], ...] = ()
 
     def type_of(self, ref: Ref) -> TensorType:
         if ref.port == "input":
@@ -134,7 +136,7 @@ class Graph:
     def replace_layer(self, layer: Layer) -> "Graph":
         layers = dict(self.layers)
         layers[layer.name] = layer
-        return Graph(self.name, self.inputs, layers, self.outputs, self.weights, self.file, self.seed)
+        return replace(self, layers=layers)
 
     def param_count(self) -> int:
         return sum(l.param_count() for l in self.layers.values())

@@ -15,7 +15,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..cells.builtin import CELLS
-from ..cells.lang import evaluate
+from ..cells.lang import evaluate, live_nodes
 from ..emit.builder import GraphBuilder
 from ..ir.graph import Cell, Layer
 from . import activations, cellops
@@ -118,18 +118,6 @@ class Runner:
         return [_fresh_if_shared(b, v, seed) for v in vals[:k]], [_fresh_if_shared(b, v, seed) for v in vals[k:]]
 
 
-def live_nodes(prog: Any) -> set[int]:
-    """The nodes the outputs and next states depend on (the rest is dead)."""
-    live: set[int] = set()
-    stack = [*prog.outputs, *prog.next_states]
-    while stack:
-        i = stack.pop()
-        if i not in live:
-            live.add(i)
-            stack.extend(prog.nodes[i].args)
-    return live
-
-
 def _fresh_if_shared(b: GraphBuilder, v: str, seed: dict) -> str:
     """A body output must be a value the body computes (not a body input passed through)."""
     return b.op("Identity", [v]) if v in seed.values() else v
@@ -191,11 +179,13 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
                          zero_output, unroll)
 
     body = GraphBuilder(parent=b)
-    scan = ctx.control == "scan"   # the reference form is a Loop; a Scan reads row t without a Gather
+    scanned = [v for v, per_step in projected if per_step] + ([mask] if mask is not None else [])
+    # the reference form is a Loop; a Scan reads row t without a Gather, but needs a tensor to
+    # scan (a custom cell may not read its input)
+    scan = ctx.control == "scan" and bool(scanned)
     it, cond_in = body.fresh("t"), body.fresh("cond_in")
     s_in = [body.fresh(f"state{i}_in") for i in range(len(states0))]
     p_in = [body.fresh(f"prev{i}_in") for i in range(len(prev0))]
-    scanned = [v for v, per_step in projected if per_step] + ([mask] if mask is not None else [])
     if scan:   # Scan hands the body each scanned tensor's row t
         rows = {v: body.fresh("x_t") for v in scanned}
         step_vals = [rows[v] if per_step else v for v, per_step in projected]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
+from ..cells.lang import reads_inputs
 from ..errors import LoweringError
 from ..ir.graph import Graph, Layer
 from ..spec.yamlsrc import format_path
@@ -46,19 +47,22 @@ class ChooseLowering:
                 if why is None:
                     layers[layer.name] = replace(layer, lowering="native", reason=self._native_reason(layer))
                 else:
-                    layers[layer.name] = replace(layer, lowering="loop", reason=f"Loop: {why}{self._control()}")
+                    layers[layer.name] = replace(layer, lowering="loop", reason=f"Loop: {why}{self._control(layer)}")
                 continue
             why = self.supports(kind, requested, layer, self.target)
             if why is not None:
                 raise LoweringError(f"{graph.file}:{layer.line}: {where}: lowering: {requested} cannot be exact: "
                                     f"{why}. Use lowering: auto (it picks an exact lowering) or loop")
-            reason = (self._native_reason(layer) if requested == "native" else f"Loop: requested{self._control()}"
+            reason = (self._native_reason(layer) if requested == "native" else f"Loop: requested{self._control(layer)}"
                       if requested == "loop" else f"unroll: requested, time = {layer.time}")
             layers[layer.name] = replace(layer, lowering=requested, reason=reason)
-        out = Graph(graph.name, graph.inputs, layers, graph.outputs, graph.weights, graph.file, graph.seed)
+        out = replace(graph, layers=layers)
         return PassResult(out, True)
 
-    def _control(self) -> str:
+    def _control(self, layer: Layer) -> str:
+        first = (layer.sublayers[0] if layer.sublayers else layer).cells[0]
+        if first.custom and layer.mask_in is None and not reads_inputs(first.step_program):
+            return "; as ONNX Loop (the step reads no input for a Scan to scan)" if self.control == "scan" else ""
         if self.control == "scan":
             return "; as ONNX Scan (faster than Loop on ONNX Runtime)"
         return ""

@@ -37,5 +37,5 @@ class HoistInputProjection:
             return layer
 
         layers = {name: visit(layer) for name, layer in graph.layers.items()}
-        out = Graph(graph.name, graph.inputs, layers, graph.outputs, graph.weights, graph.file, graph.seed)
+        out = replace(graph, layers=layers)
         return PassResult(out, changed)

@@ -132,8 +132,7 @@ class ReassociateSums:
             return layer
 
         layers = {name: visit(layer) for name, layer in graph.layers.items()}
-        return PassResult(Graph(graph.name, graph.inputs, layers, graph.outputs, graph.weights, graph.file,
-                                graph.seed), changed)
+        return PassResult(replace(graph, layers=layers), changed)
 
 
 def _cell(c: Cell) -> Cell:

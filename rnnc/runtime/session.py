@@ -168,6 +168,12 @@ class Session:
                     sizes.setdefault(want, (got, f"input {name!r}"))
             out[name] = a
             problems += self._check_token_ids(name, a)
+        for a, b, why in self.metadata.get("equal_dims", []):
+            # dims written differently that a layer combines (Keras's None and None)
+            size = lambda d: d if isinstance(d, int) else sizes.get(d, (None,))[0]  # noqa: E731
+            if size(a) is not None and size(b) is not None and size(a) != size(b):
+                shown = lambda d: f"{d!r} = {size(d)}" if isinstance(d, str) else str(d)  # noqa: E731
+                problems.append(f"dims {shown(a)} and {shown(b)} differ, but {why}")
         if problems:
             raise InputError("; ".join(problems) if len(problems) == 1 else None,
                              problems=[Problem(p) for p in problems] if len(problems) > 1 else None)

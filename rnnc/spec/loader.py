@@ -12,8 +12,8 @@ from . import schema as S
 from .model import CellDecl, InputDecl, LayerDecl, OutputDecl, Spec
 from .yamlsrc import KeyPath, Source, load_yaml_file, load_yaml_text
 
-_DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
 def _shown(v: Any) -> str:
@@ -131,7 +131,7 @@ def _inputs(c: _Checker, raw: Any) -> dict[str, InputDecl]:
     out: dict[str, InputDecl] = {}
     for name, decl in raw.items():
         p: KeyPath = ("inputs", name)
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             c.err(p, f"expected an input name of letters, digits and _, got {name!r}")
         if not isinstance(decl, dict):
             c.err(p, f"expected {{shape: [...], dtype: ...}}, got {_shown(decl)}")
@@ -145,7 +145,7 @@ def _inputs(c: _Checker, raw: Any) -> dict[str, InputDecl]:
             c.err(p + ("shape",), f"expected a list of dims such as [batch, time, 8], got {_shown(shape)}")
         else:
             for i, d in enumerate(shape):
-                if isinstance(d, bool) or not ((isinstance(d, int) and d > 0) or (isinstance(d, str) and _DIM_NAME.match(d))):
+                if isinstance(d, bool) or not ((isinstance(d, int) and d > 0) or (isinstance(d, str) and _DIM_NAME.fullmatch(d))):
                     c.err(p + ("shape", i), f"expected a positive integer or a dimension name (batch, time, ...), got {_shown(d)}")
                 dims.append(d)
         dtype = decl.get("dtype", "float32")
@@ -266,7 +266,9 @@ def _outputs(c: _Checker, raw: Any) -> list[OutputDecl] | None:
     if isinstance(raw, dict) and raw:
         out = []
         for k, r in raw.items():
-            if not isinstance(r, str):
+            if not S.printable_name(k):
+                c.err(("outputs", k), f"expected an output name (non-empty, no '/' or control characters), got {k!r}")
+            elif not isinstance(r, str):
                 c.err(("outputs", k), f"expected a reference such as `dense` or `lstm.state_h`, got {_shown(r)}")
             else:
                 out.append(OutputDecl(k, r, ("outputs", k)))

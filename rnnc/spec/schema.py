@@ -10,6 +10,12 @@ from ..cells.activations import NAMES as ACTIVATIONS
 Check = Callable[[Any], "tuple[bool, Any, str]"]  # (ok, normalized value, expected-text)
 
 
+def printable_name(v: Any) -> bool:
+    """A name that reads well in ONNX and error messages: non-empty, no '/' (rnnc's scope
+    separator), no control characters (newlines, NUL)."""
+    return isinstance(v, str) and v != "" and "/" not in v and v.isprintable()
+
+
 def _positive_int(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
     return ok, v, "a positive integer"
@@ -103,8 +109,8 @@ SEQUENCE_KEYS: dict[str, Key] = {
 
 COMMON_KEYS: dict[str, Key] = {
     "type": Key(lambda v: (isinstance(v, str), v, "a layer type"), required=True),
-    "name": Key(lambda v: (isinstance(v, str) and v != "" and "/" not in v and "." not in v, v,
-                           "a non-empty name without '/' or '.'")),
+    "name": Key(lambda v: (printable_name(v) and "." not in v, v,
+                           "a non-empty name without '/', '.' or control characters")),
     "input": Key(_refs, None),
 }
 
