@@ -112,3 +112,39 @@ def test_unknown_layer_and_missing_file(tmp_path):
     assert r.returncode == 2 and "unknown layer type 'ConvLSTM2D'" in r.stderr and ":4:" in r.stderr
     r = rnnc("check", tmp_path / "nope.yaml")
     assert r.returncode == 2 and "file not found" in r.stderr
+
+
+def test_write_failures_exit_2_and_leave_nothing(tmp_path):
+    (tmp_path / "isdir.onnx").mkdir()
+    r = rnnc("compile", SPECS / "lstm_classifier.yaml", "-o", tmp_path / "isdir.onnx")
+    assert r.returncode == 2 and f"cannot write {tmp_path / 'isdir.onnx'}: it is a directory" in r.stderr
+    assert "Traceback" not in r.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["isdir.onnx"]
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    import os
+    if os.geteuid() != 0:          # root writes anywhere
+        r = rnnc("compile", SPECS / "lstm_classifier.yaml", "-o", ro / "m.onnx")
+        assert r.returncode == 2 and "cannot write" in r.stderr and list(ro.iterdir()) == []
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+    out = tmp_path / "m.onnx"
+    assert rnnc("compile", SPECS / "lstm_classifier.yaml", "-o", out).returncode == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+
+
+def test_outputs_named_like_numpy_savez_keywords_are_kept(tmp_path):
+    """np.savez takes array names as keyword arguments: `file` and `allow_pickle` would clash."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("rnnc: 1\ninputs: {x: {shape: [batch, 3]}}\nlayers:\n  - {type: Dense, name: d, units: 2}\n"
+                    "outputs: {file: d, allow_pickle: d}\n")
+    assert rnnc("compile", spec, "-o", tmp_path / "m.onnx").returncode == 0
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
+    r = rnnc("run", tmp_path / "m.onnx", "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "y.npz")
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "y.npz") as z:
+        assert sorted(z.files) == ["allow_pickle", "file"] and z["file"].shape == (2, 2)

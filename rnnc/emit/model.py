@@ -4,8 +4,6 @@ atomic write."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from onnx import helper
 
 from .. import __version__
 from ..errors import RnncError
+from ..fileio import write_atomic
 from ..ir.graph import Graph
 from .builder import GraphBuilder, value_info
 
@@ -76,16 +75,5 @@ def check(model: onnx.ModelProto) -> None:
 
 
 def save_atomic(model: onnx.ModelProto, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: never a half-written file."""
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        raise RnncError(f"cannot write {p}: folder {p.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=str(p.parent) if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the model all or nothing (rnnc/fileio.py): never a half-written file."""
+    write_atomic({path: model.SerializeToString()})

@@ -2,8 +2,6 @@
 imported spec and the atomic writes of the spec and its weights."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import numpy as np
 import yaml
 
 from ..errors import RnncError
+from ..fileio import npz_writer, write_atomic
 
 
 class ImportProblem(RnncError):
@@ -88,26 +87,11 @@ def output_paths(out: str | Path) -> tuple[Path, Path]:
     return p, p.with_suffix(".npz")
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write a text file atomically (a temp file in the same folder, then rename)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=p.suffix + ".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_imported(imp: Imported, out: str | Path) -> tuple[Path, Path]:
     """Write SPEC.yaml and SPEC.npz beside it (the spec names the .npz by relative path)."""
-    from ..weights import save_npz
-
     spec_path, npz_path = output_paths(out)
-    save_npz(imp.weights, npz_path)
-    write_text_atomic(set_weights_key(imp.spec_text, npz_path.name), spec_path)
+    # both or neither
+    write_atomic({npz_path: npz_writer(imp.weights),
+                  spec_path: set_weights_key(imp.spec_text, npz_path.name).encode("utf-8")})
     return spec_path, npz_path
 

@@ -16,6 +16,7 @@ from typing import Any
 import onnx
 
 from ..errors import RnncError
+from ..fileio import write_atomic
 from .walk import RNN_OPS, Scope, layer_of, show_shape, subscopes_of, tensor_types
 
 FILL = {"cuda": "#c8e6c9", "cpu": "#ffcdd2", "control": "#bbdefb"}
@@ -150,16 +151,17 @@ def render(dot_text: str, out: str | Path, fmt: str) -> tuple[bool, str]:
     exe = shutil.which("dot")
     if exe is None:
         dot_file = out.with_suffix(".dot")
-        dot_file.write_text(dot_text, encoding="utf-8")
+        write_atomic({dot_file: dot_text.encode("utf-8")})
         return False, (f"Graphviz is not installed (no `dot` program on PATH), so {out} was not drawn; "
                        f"wrote the graph as {dot_file} instead. Install Graphviz ({INSTALL} on Debian/Ubuntu, "
                        f"brew install graphviz on macOS), then run: dot -T{fmt} {dot_file} -o {out}")
-    try:
-        r = subprocess.run([exe, f"-T{fmt}", "-o", str(out)], input=dot_text, text=True, capture_output=True,
-                           timeout=600)
+    try:   # the picture comes back on stdout and is written all or nothing
+        r = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode("utf-8"), capture_output=True, timeout=600)
     except subprocess.TimeoutExpired:
         raise RnncError(f"Graphviz took more than 10 minutes to draw {out}; use --format dot and a smaller "
                         "model, or draw it yourself with dot") from None
     if r.returncode != 0:
-        raise RnncError(f"Graphviz could not draw {out}: {r.stderr.strip() or f'exit code {r.returncode}'}")
+        err = r.stderr.decode("utf-8", "replace").strip()
+        raise RnncError(f"Graphviz could not draw {out}: {err or f'exit code {r.returncode}'}")
+    write_atomic({out: r.stdout})
     return True, f"wrote {out}"

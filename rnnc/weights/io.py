@@ -2,14 +2,13 @@
 and layouts (SPEC.md, "Weights"). Every mismatch is reported at once."""
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import Problem, WeightsError
+from ..fileio import npz_writer, write_atomic
 from ..ir.graph import Graph
 
 
@@ -65,15 +64,6 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], file: str | None
     return out
 
 
-def save_npz(weights: dict[str, np.ndarray], path: str | Path) -> None:
-    """Write an .npz atomically (a temp file in the same folder, then rename)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent or ".", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **weights)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def save_npz(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    """Write an .npz all or nothing (rnnc/fileio.py), under any array names."""
+    write_atomic({path: npz_writer(arrays)})
