@@ -90,3 +90,30 @@ def test_dims_named_apart_but_combined_are_checked_at_run_time():
         with pytest.raises(InputError) as e:
             sess.run({**ok, **bad})
         assert message in e.value.report()
+
+
+@pytest.mark.parametrize("table, what", [
+    ("{not json", "not JSON"), ("[1]", "expected a JSON object, got list"),
+    ('{"layers": [{"kind": "Embedding", "name": "e", "inputs": ["tokens"]}]}', "Embedding without a positive input_dim"),
+    ('{"layers": [{"kind": "LSTM"}]}', "layer 0 is not a"),
+    ('{"layers": [], "states": [{"layer": "g", "port": "state", "input": "g/state_in", "output": "g/state_out", '
+     '"dims": [100000, 100000, 100000]}]}', "state 0 has"),
+    ('{"layers": [], "states": [{"layer": "g", "port": "state", "input": "nope", "output": "x", "dims": [2, 4]}]}',
+     "names state 'nope' of shape [2, 4], which the graph does not have"),
+])
+def test_damaged_metadata_is_a_clear_error(tmp_path, table, what):
+    """A model file is data from anywhere: rnnc's table in it is checked, not trusted."""
+    import onnx
+    from onnx import helper
+    from rnnc.inspect import inspect_model
+    m = compile_text(TEXT).model
+    del m.metadata_props[:]
+    helper.set_model_props(m, {"rnnc.model": table})
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    with pytest.raises(ModelFileError, match="metadata") as e:
+        rnnc.Session(path)
+    assert what in str(e.value)
+    if "graph does not have" not in what:     # inspect reads the table alone
+        with pytest.raises(ModelFileError, match="metadata"):
+            inspect_model(path)

@@ -36,7 +36,7 @@ def build(model: onnx.ModelProto, *, file: str | None = None, origin: str = "mod
     """(report, the model's graph tree, predicted devices keyed by (id(Scope), node index))."""
     root = scopes(model)
     types = tensor_types(model)
-    meta = rnnc_metadata(model)
+    meta = rnnc_metadata(model, file)
     names = {l.get("name") for l in meta["layers"]} if meta else set()
 
     def owner(n: onnx.NodeProto) -> str | None:

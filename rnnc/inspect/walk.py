@@ -3,7 +3,6 @@ a Loop/If/Scan subgraph), tensor shapes from ONNX shape inference, op counts, an
 rnnc layer emitted a node (node names are prefixed by the layer: `lstm/LSTM`)."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -11,9 +10,11 @@ from typing import Any, Iterator
 import onnx
 from onnx import helper
 
+from .. import metadata
+
 RNN_OPS = ("LSTM", "GRU", "RNN")
 CONTROL_OPS = ("Loop", "If", "Scan")
-META_KEY = "rnnc.model"
+META_KEY = metadata.KEY
 DTYPES = {v: k for k, v in {
     "float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "float64": onnx.TensorProto.DOUBLE,
     "bfloat16": onnx.TensorProto.BFLOAT16, "int8": onnx.TensorProto.INT8, "uint8": onnx.TensorProto.UINT8,
@@ -142,17 +143,12 @@ def show_shape(shape: list | None) -> str:
 
 # ---- rnnc metadata and layers ----------------------------------------------------------
 
-def rnnc_metadata(model: onnx.ModelProto) -> dict[str, Any] | None:
+def rnnc_metadata(model: onnx.ModelProto, file: str | None = None) -> dict[str, Any] | None:
     """The layer table rnnc stores in the model (see rnnc/emit/model.py), or None."""
     props = {p.key: p.value for p in model.metadata_props}
     if META_KEY not in props:
         return None
-    try:
-        meta = json.loads(props[META_KEY])
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("layers"), list):
-        return None
+    meta = metadata.parse(props[META_KEY], file)
     meta["_version"] = props.get("rnnc.version")
     meta["_target"] = props.get("rnnc.target")
     return meta

@@ -2,13 +2,13 @@
 CPU) and input validation that names what was expected."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import onnxruntime as ort
 
+from .. import metadata
 from ..errors import InputError, ModelFileError, Problem, RnncError
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
@@ -60,10 +60,16 @@ class Session:
             self.fallback = ("CUDAExecutionProvider is listed by ONNX Runtime but could not start "
                              "(CUDA/cuDNN libraries missing or no GPU); running on the CPU")
         meta = self._sess.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, Any] = json.loads(meta["rnnc.model"]) if "rnnc.model" in meta else {}
+        self.metadata: dict[str, Any] = metadata.parse(meta[metadata.KEY], self.path) if metadata.KEY in meta else {}
         self._inputs = {i.name: i for i in self._sess.get_inputs()}
         # stateful layers: their states are graph inputs/outputs that the session carries
         self._state_io: list[dict] = self.metadata.get("states", [])
+        outs = {o.name for o in self._sess.get_outputs()}
+        for st in self._state_io:
+            i = self._inputs.get(st["input"])
+            if i is None or st["output"] not in outs or list(i.shape) != st["dims"]:
+                raise ModelFileError(f"{self.path or 'the model'}: rnnc's metadata names state {st['input']!r} "
+                                     f"of shape {st['dims']}, which the graph does not have; recompile the model")
         state_ins = {s["input"] for s in self._state_io}
         state_outs = {s["output"] for s in self._state_io}
         self._all_outputs = [o.name for o in self._sess.get_outputs()]
