@@ -180,18 +180,28 @@ def _load_inputs(items: list[str]) -> dict[str, np.ndarray]:
     return feeds
 
 
+MAX_RANDOM = 100_000_000   # elements of one random input (--random is a smoke run)
+
+
 def _random_inputs(sess, dims_args: list[str]) -> dict[str, np.ndarray]:
     sizes = {"batch": 2, "time": 10}
+    names = {d for n in sess.input_names for d in sess.input_spec(n)[1] if isinstance(d, str)}
     for d in dims_args:
         k, _, v = d.partition("=")
-        if not v.isdigit() or int(v) <= 0:
+        if not (v.isascii() and v.isdigit()) or int(v) <= 0:
             raise InputError(f"--dim {d}: expected NAME=SIZE with a positive size")
+        if k not in names:
+            raise InputError(f"--dim {d}: the model's inputs have no dim {k!r}: expected one of "
+                             f"{', '.join(sorted(names)) or '(none: every dim is fixed)'}")
         sizes[k] = int(v)
     rng = np.random.default_rng(0)
     feeds = {}
     for name in sess.input_names:
         dtype, dims = sess.input_spec(name)
         shape = [d if isinstance(d, int) else sizes.get(d, 4) for d in dims]
+        if int(np.prod(shape, dtype=object)) > MAX_RANDOM:
+            raise InputError(f"--random: input {name!r} of shape {tuple(shape)} would have more than "
+                             f"{MAX_RANDOM:,} elements: expected smaller --dim sizes for a smoke run")
         if np.issubdtype(dtype, np.integer):
             high = min([l["config"]["input_dim"] for l in sess.metadata.get("layers", [])
                         if l["kind"] == "Embedding" and l.get("inputs") == [name]] or [10])

@@ -47,6 +47,8 @@ def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None
 def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None) -> dict[str, np.ndarray]:
     if isinstance(weights, dict):
         return check_weights(graph, weights, "<weights>")
+    if weights is not None and not isinstance(weights, (str, Path)):
+        raise RnncError(f"weights: expected a file path or a dict of arrays, got {type(weights).__name__}")
     path = weights
     if path is None and spec.weights:
         path = Path(spec.file).parent / spec.weights
@@ -65,6 +67,9 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
     from .emit.model import MIN_OPSET
     from .lower import LowerCtx, lower_graph
 
+    for name, v in (("opset", opset), ("ir_version", ir_version)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise RnncError(f"{name}: expected an integer, got {v!r}")
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise RnncError(f"--opset: expected {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}")
     if control not in CONTROLS:

@@ -516,3 +516,47 @@ def test_torch_mapping_errors_name_the_spec_layer(tmp_path):
     bn.bn = torch.nn.BatchNorm1d(3, track_running_stats=False)
     torch_refused(tmp_path, bn.state_dict(), "rnnc: 1\ninputs: {x: {shape: [batch, 3]}}\nlayers:\n"
                   "  - {type: BatchNormalization, name: bn}\n", "track_running_stats=False")
+
+
+def test_malformed_keras_configs_are_clear_errors(tmp_path, capsys):
+    import json
+    x = keras.Input((None, F), name="x")
+    keras.Model(x, L.Dense(2, name="d")(L.LSTM(3, name="l")(x))).save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    cfg = json.loads(parts["config.json"])
+
+    def variant(name: str, config_json: str):
+        path = tmp_path / f"{name}.keras"
+        with zipfile.ZipFile(path, "w") as z:
+            for n, b in parts.items():
+                z.writestr(n, config_json if n == "config.json" else b)
+        return path
+
+    import copy
+    bad = {}
+    c = copy.deepcopy(cfg)
+    c["config"]["layers"] = "abc"
+    bad["layers_str"] = json.dumps(c)
+    c = copy.deepcopy(cfg)
+    c["config"]["layers"][1] = None
+    bad["layer_null"] = json.dumps(c)
+    c = copy.deepcopy(cfg)
+    c["config"]["layers"][1]["inbound_nodes"] = [{"args": 5}]
+    bad["inbound_int"] = json.dumps(c)
+    bad["deep"] = "[" * 100000 + "]" * 100000
+    for name, text in bad.items():
+        out = tmp_path / f"{name}.yaml"
+        assert main(["import", "keras", str(variant(name, text)), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert ("does not have the structure of a Keras 3 model config" in err or "nested too deeply" in err), err
+        assert not out.exists() and not out.with_suffix(".npz").exists()
+
+
+def test_torch_tensors_that_are_not_plain_weights(tmp_path):
+    dense = torch.nn.Linear(3, 2)
+    spec = "rnnc: 1\ninputs: {x: {shape: [batch, 3]}}\nlayers:\n  - {type: Dense, name: dense, units: 2}\n"
+    torch_refused(tmp_path, {"dense.weight": dense.weight.detach().to_sparse(), "dense.bias": dense.bias.detach()},
+                  spec, "expected dense real tensors", "dense.weight (sparse)")
+    torch_refused(tmp_path, {"dense.weight": torch.empty(2, 3, device="meta"), "dense.bias": dense.bias.detach()},
+                  spec, "dense.weight (meta: no values)")

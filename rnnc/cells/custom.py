@@ -104,6 +104,14 @@ def check_definition(name: str, d: Any) -> list[tuple[tuple, str]]:
         out.append((p + ("output",), f"expected an output name or a list of names, got {o!r}"))
     if "step" in d and not isinstance(d["step"], str):
         out.append((p + ("step",), "expected the step as text (a YAML block: `step: |`)"))
+    elif "step" in d:   # syntax now, for a cell no layer uses too; the rest when a layer binds it
+        try:
+            ast.parse(d["step"], mode="exec")
+        except SyntaxError as e:
+            out.append((p + ("step",), f"step line {e.lineno or 1}, column {e.offset or 1}: not valid step syntax: "
+                                       f"{e.msg}"))
+        except (ValueError, MemoryError, RecursionError) as e:
+            out.append((p + ("step",), f"not valid step syntax: {e}"))
     return out
 
 

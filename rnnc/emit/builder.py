@@ -20,6 +20,7 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self.parent = parent
         self._names: set[str] = parent._names if parent else set()            # tensors
+        self._next: dict[tuple[bool, str], int] = parent._next if parent else {}  # base -> next suffix to try
         self._node_names: set[str] = parent._node_names if parent else set()  # nodes: their own
         # counter, so node `lstm/Squeeze_2` writes tensor `lstm/Squeeze_2` (reads well in Netron)
         self._consts: dict[tuple, str] = {}
@@ -30,10 +31,12 @@ class GraphBuilder:
     def fresh(self, base: str, *, node: bool = False) -> str:
         base = f"{self.scope}/{base}" if self.scope and "/" not in base else base
         names = self._node_names if node else self._names
-        name, i = base, 1
+        i = self._next.get((node, base), 0)     # suffixes already taken for this base are skipped at once
+        name = base if i == 0 else f"{base}_{i}"
         while name in names:
-            name = f"{base}_{i}"
             i += 1
+            name = f"{base}_{i}"
+        self._next[(node, base)] = i + 1
         names.add(name)
         return name
 

@@ -68,6 +68,8 @@ def _json(z: zipfile.ZipFile, name: str, file: str) -> Any:
         return json.loads(z.read(name).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ImportProblem(problems=[Problem(f"{name}: not valid JSON: {e}", file=file)]) from None
+    except RecursionError:
+        raise ImportProblem(problems=[Problem(f"{name}: nested too deeply to be a model config", file=file)]) from None
 
 
 def _flat_outputs(v: Any) -> list[tuple[str, int, int]]:
@@ -311,7 +313,13 @@ def import_keras(path: str | Path, *, spec_file: str = "model.yaml") -> Imported
     file = str(path)
     config, meta, h5bytes = read_archive(path)
     mc = ModelConverter(config, file)
-    mc.run()
+    try:
+        mc.run()
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as e:
+        # the converter reads a well-formed Keras config; anything else is the file's fault
+        raise ImportProblem(problems=[Problem(
+            f"config.json does not have the structure of a Keras 3 model config ({type(e).__name__}: {e}); "
+            "save the model with model.save('model.keras')", file=file)]) from None
     model_name = (config.get("config") or {}).get("name") or Path(path).stem
     version = meta.get("keras_version", "?")
     text = render_spec(str(model_name), mc.inputs, mc.layers, mc.outputs,

@@ -27,6 +27,7 @@ reads (batch, time, features), so feed a `batch_first=False` module's data trans
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise WeightsError(problems=[Problem("reading a PyTorch state_dict needs PyTorch (pip install torch)",
                                              file=file)]) from None
     try:
-        sd = torch.load(str(p), weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():   # torch's own warnings would leak into rnnc's output
+            warnings.simplefilter("ignore")
+            sd = torch.load(str(p), weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(problems=[Problem(
@@ -71,7 +74,23 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
                 if nested else "")
         raise WeightsError(problems=[Problem(f"expected a dict of tensors; {len(bad)} entr(y/ies) are not tensors: "
                                              f"{', '.join(map(str, bad[:8]))}{hint}", file=file)])
+    odd = [f"{k} ({_odd(v)})" for k, v in sd.items() if _odd(v)]
+    if odd:
+        raise WeightsError(problems=[Problem(f"expected dense real tensors with values, got {', '.join(odd[:8])}: "
+                                             "save the float model's state_dict", file=file)])
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+def _odd(t) -> str | None:
+    """What keeps a tensor from being plain weights: sparse, meta (no values), quantized, complex."""
+    import torch
+    if t.layout != torch.strided:
+        return "sparse"
+    if t.device.type == "meta":
+        return "meta: no values"
+    if t.is_quantized:
+        return "quantized"
+    return f"{t.dtype}" if t.is_complex() else None
 
 
 def _groups(sd: dict[str, np.ndarray], file: str, problems: list[Problem]) -> dict[str, dict[str, str]]:

@@ -44,6 +44,8 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"model file not found: {p}")
+    if p.stat().st_size == 0:
+        raise ModelFileError(f"{p} is empty: expected an ONNX model")
     try:
         # External weights are not needed to inspect the graph.
         return onnx.load(str(p), load_external_data=False)

@@ -32,6 +32,7 @@ class _Builder:
         self.layers: dict[str, Layer] = {}
         self.failed: set[str] = set()
         self.params = 0
+        self.current = ""
         self.equal_dims: list[tuple[Dim, Dim, str]] = []   # checked at run time (rnnc.Session)
 
     # -- errors -----------------------------------------------------------------
@@ -99,6 +100,7 @@ class _Builder:
                                     f"expected `input:` naming one of {', '.join(self.inputs)}")
                 else:
                     ins = prev
+                self.current = decl.name        # the spec layer being built (a Bidirectional's halves are in it)
                 layer = self.layer(decl, ins)
                 self.check_sizes(decl, layer)
                 self.layers[layer.name] = layer
@@ -339,7 +341,7 @@ class _Builder:
                     decl.path + ("input",) if e.path[:1] == ("@input",) else e.path)
             if e.step_pos is None:
                 raise self.fail(path, e.message) from None
-            raise self.step_error(path, e.message, e.step_pos, f"layer {decl.name!r}") from None
+            raise self.step_error(path, e.message, e.step_pos, f"layer {self.current!r}") from None
         out = bound.outputs[0][1]
         return Cell(cd.type, out[0] if len(out) == 1 else 0, dict(bound.attrs), 0, bound.states,
                     out[0] if len(out) == 1 else 0, bound.params, prefix, inputs=bound.inputs, outputs=bound.outputs,

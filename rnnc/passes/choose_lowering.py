@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..cells.lang import reads_inputs
-from ..errors import LoweringError
+from ..errors import LoweringError, Problem
 from ..ir.graph import Graph, Layer
 from ..spec.yamlsrc import format_path
 from .manager import PassResult
@@ -29,6 +29,7 @@ class ChooseLowering:
 
     def run(self, graph: Graph) -> PassResult:
         layers = {}
+        problems: list[Problem] = []
         for layer in graph.layers.values():
             if not (layer.cells or layer.sublayers):
                 layers[layer.name] = replace(layer, lowering="plain", reason="")
@@ -36,12 +37,17 @@ class ChooseLowering:
             kind = "Bidirectional" if layer.sublayers else "recurrent"
             cfg = layer.sublayers[0].config if layer.sublayers else layer.config
             requested, unroll = cfg["lowering"], cfg["unroll"]
-            where = f"{format_path(layer.path)} ({layer.name})"
+            def fail(message: str) -> None:
+                problems.append(Problem(f"{message} (layer {layer.name!r})", file=graph.file, line=layer.line,
+                                        path=format_path(layer.path)))
+                layers[layer.name] = layer
+
             if requested == "auto" and unroll:
                 requested = "unroll"
                 if not isinstance(layer.time, int):
-                    raise LoweringError(f"{graph.file}:{layer.line}: {where}: unroll: true needs a fixed time length, "
-                                        f"got {layer.time!r}; fix the time dim in `inputs` or drop `unroll`")
+                    fail(f"unroll: true needs a fixed time length, got {layer.time!r}; fix the time dim in `inputs` "
+                         "or drop `unroll`")
+                    continue
             if requested == "auto":
                 why = self.supports(kind, "native", layer, self.target)
                 if why is None:
@@ -51,11 +57,14 @@ class ChooseLowering:
                 continue
             why = self.supports(kind, requested, layer, self.target)
             if why is not None:
-                raise LoweringError(f"{graph.file}:{layer.line}: {where}: lowering: {requested} cannot be exact: "
-                                    f"{why}. Use lowering: auto (it picks an exact lowering) or loop")
+                fail(f"lowering: {requested} cannot be exact: {why}. Use lowering: auto (it picks an exact lowering) "
+                     "or loop")
+                continue
             reason = (self._native_reason(layer) if requested == "native" else f"Loop: requested{self._control(layer)}"
                       if requested == "loop" else f"unroll: requested, time = {layer.time}")
             layers[layer.name] = replace(layer, lowering=requested, reason=reason)
+        if problems:   # every layer's, at once
+            raise LoweringError(problems=problems)
         out = replace(graph, layers=layers)
         return PassResult(out, True)
 

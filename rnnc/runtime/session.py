@@ -39,11 +39,13 @@ class Session:
 
     def __init__(self, model: Any, providers: str | list[str] = "auto", *, threads: int | None = None,
                  strict_gpu: bool = False):
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+            raise RnncError(f"threads: expected a non-negative integer (0: ONNX Runtime's default), got {threads!r}")
         data, self.path = _model_bytes(model)
 
         def options() -> ort.SessionOptions:
             opts = ort.SessionOptions()
-            opts.log_severity_level = 3
+            opts.log_severity_level = 4      # rnnc reports ONNX Runtime's errors itself, without its log lines
             if threads:
                 opts.intra_op_num_threads = threads
             return opts
@@ -131,6 +133,9 @@ class Session:
         self._states = new
 
     def validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"expected a dict {{input name: array}} with {', '.join(self.input_names)}, "
+                             f"got {type(feeds).__name__}")
         problems: list[str] = []
         carried = [k for k in feeds if k in self._inputs and k not in self.input_names]
         if carried:
@@ -147,8 +152,15 @@ class Session:
         for name in self.input_names:
             if name not in feeds:
                 continue
-            a = np.asarray(feeds[name])
             dtype, dims = self.input_spec(name)
+            try:
+                a = np.asarray(feeds[name])
+            except (TypeError, ValueError) as e:
+                problems.append(f"input {name!r}: expected an array, got a {type(feeds[name]).__name__} that is not "
+                                f"one ({e})")
+                continue
+            if a.dtype.kind in "biuf" and not a.dtype.isnative:   # big-endian data, e.g. from another machine
+                a = a.astype(a.dtype.newbyteorder("="))
             shown = "(" + ", ".join(str(d) for d in dims) + ")"
             if a.dtype != dtype:
                 problems.append(f"input {name!r}: expected dtype {np.dtype(dtype).name}, got {a.dtype.name} "

@@ -63,10 +63,14 @@ class _Checker:
 
 def load_spec(path: str | Path) -> Spec:
     """Load and validate a spec file (YAML or JSON)."""
+    if not isinstance(path, (str, Path)):
+        raise SpecError(f"load_spec: expected a file path, got {type(path).__name__}")
     return validate(load_yaml_file(path))
 
 
 def load_spec_text(text: str, file: str = "<spec>") -> Spec:
+    if not isinstance(text, str):
+        raise SpecError(f"load_spec_text: expected the spec's text (a str), got {type(text).__name__}")
     return validate(load_yaml_text(text, file))
 
 

@@ -37,6 +37,10 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], file: str | None
     """Check names, shapes and dtypes against the graph; return float32 arrays."""
     want = expected_params(graph)
     problems: list[Problem] = []
+    bad_keys = [k for k in weights if not isinstance(k, str)]
+    if bad_keys:
+        raise WeightsError(problems=[Problem(f"expected weight names (strings such as {next(iter(want), 'lstm/kernel')!r}), "
+                                             f"got {', '.join(map(repr, bad_keys[:5]))}", file=file)])
     missing = [k for k in want if k not in weights]
     extra = [k for k in weights if k not in want]
     if missing:
@@ -48,17 +52,25 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], file: str | None
     for k, shape in want.items():
         if k not in weights:
             continue
-        a = np.asarray(weights[k])
+        try:
+            a = np.asarray(weights[k])
+        except (TypeError, ValueError) as e:
+            problems.append(Problem(f"{k}: expected an array of shape {list(shape)}, got a {type(weights[k]).__name__} "
+                                    f"that is not one ({e})", file=file))
+            continue
         if a.dtype.kind not in "fiu":
             problems.append(Problem(f"{k}: expected a float array, got dtype {a.dtype}", file=file))
             continue
         if tuple(a.shape) != tuple(shape):
             problems.append(Problem(f"{k}: expected shape {list(shape)}, got {list(a.shape)}", file=file))
             continue
-        if not np.all(np.isfinite(a)):
-            problems.append(Problem(f"{k}: contains NaN or infinite values", file=file))
+        with np.errstate(over="ignore"):
+            a32 = a.astype(np.float32)
+        if not np.all(np.isfinite(a32)):   # after the cast: 1e300 is finite in float64, inf in float32
+            what = "NaN or infinite values" if not np.all(np.isfinite(a)) else "values beyond float32's range (±3.4e38)"
+            problems.append(Problem(f"{k}: contains {what}", file=file))
             continue
-        out[k] = a.astype(np.float32)
+        out[k] = a32
     if problems:
         raise WeightsError(problems=problems)
     return out
