@@ -117,3 +117,31 @@ def test_damaged_metadata_is_a_clear_error(tmp_path, table, what):
     if "graph does not have" not in what:     # inspect reads the table alone
         with pytest.raises(ModelFileError, match="metadata"):
             inspect_model(path)
+
+
+def test_api_arguments_of_the_wrong_type_are_rnnc_errors(tmp_path):
+    from rnnc.spec import load_spec_text
+    spec = load_spec_text(TEXT, "m.yaml")
+    w = compile_text(TEXT).weights
+    for kwargs, message in [({"weights": {**w, 1: np.zeros(2)}}, "expected weight names"),
+                            ({"weights": {**w, "dense/bias": [[1.0], [2.0, 3.0]]}}, "dense/bias: expected an array"),
+                            ({"weights": 123}, "expected a file path or a dict of arrays, got int"),
+                            ({"opset": "21"}, "opset: expected an integer, got '21'")]:
+        with pytest.raises(RnncError, match=message):
+            rnnc.compile_spec(spec, **kwargs)
+    with pytest.raises(RnncError, match="expected a file path, got NoneType"):
+        rnnc.load_spec(None)
+    sess = rnnc.Session(compile_text(TEXT))
+    with pytest.raises(InputError, match="expected a dict"):
+        sess.run(None)
+    with pytest.raises(InputError, match="input 'tokens': expected an array"):
+        sess.run({**feeds(), "tokens": [[1, 2], [3]]})
+    with pytest.raises(RnncError, match="threads: expected a non-negative integer"):
+        rnnc.Session(compile_text(TEXT), threads="x")
+
+
+def test_big_endian_inputs_are_read(sess):
+    f = feeds()
+    want = sess.run(f)["logits"]
+    got = sess.run({"tokens": f["tokens"].astype(">i4"), "h0": f["h0"].astype(">f4")})["logits"]
+    assert np.array_equal(got, want)

@@ -197,3 +197,39 @@ layers:
     assert bi.param_count() == 2 * (3 * 5 * (3 + 5) + 2 * 3 * 5)
     fwd, bwd = bi.sublayers
     assert (fwd.config["go_backwards"], bwd.config["go_backwards"]) == (False, True)
+
+
+def test_every_layer_lowering_error_at_once():
+    from rnnc.errors import LoweringError
+    from rnnc.pipeline import prepare
+    text = ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n"
+            "  - {type: LSTM, name: l, units: 2, activation: gelu, lowering: native, return_sequences: true}\n"
+            "  - {type: GRU, name: g, units: 2, activation: selu, lowering: native}\n")
+    with pytest.raises(LoweringError) as e:
+        prepare(load_spec_text(text, "m.yaml"))
+    assert [p.line for p in e.value.problems] == [4, 5]
+    assert "activation 'gelu'" in e.value.problems[0].message and "activation 'selu'" in e.value.problems[1].message
+
+
+def test_an_unused_cell_is_still_syntax_checked():
+    text = ("rnnc: 1\ncells:\n  C:\n    state: {h: [2]}\n    step: 'h = foo('\n    output: h\n"
+            "inputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: 2}\n")
+    assert any("cells.C.step: step line 1, column 8: not valid step syntax" in e for e in spec_errors(text))
+
+
+def test_json_floats_with_exponents_and_names_with_control_characters():
+    text = ('{"rnnc": 1, "inputs": {"x": {"shape": ["batch", 3]}}, '
+            '"layers": [{"type": "BatchNormalization", "epsilon": 1e-05}]}')
+    assert load_spec_text(text, "m.json").layers[0].config["epsilon"] == 1e-05
+    errs = spec_errors('rnnc: 1\ninputs: {"x\\n": {shape: [batch, 3]}}\nlayers: [{type: Dense, units: 2, '
+                       'name: "a\\0b"}]\n')
+    assert any("inputs.'x\\n': expected an input name" in e for e in errs), errs
+    assert any("layers[0].name: expected a non-empty name without" in e for e in errs), errs
+
+
+def test_yaml_alias_bombs_are_refused():
+    laughs = "rnnc: 1\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9))
+    assert any("expands to more than 100,000 values" in e for e in spec_errors(laughs))
+    assert any("refers to a value that contains it" in e
+               for e in spec_errors("rnnc: 1\nlayers: &a [{type: LSTM, units: 4}, *a]\n"))
