@@ -9,7 +9,7 @@ import onnx
 
 from .errors import RnncError
 from .ir import Graph, build_graph
-from .passes import ChooseLowering, HoistInputProjection, ReassociateSums, run_passes
+from .passes import ChooseLowering, HoistInputProjection, ReassociateSums, SinkSlices, run_passes
 from .spec import Spec, load_spec
 from .weights import check_weights, default_weights, read_weights
 
@@ -38,9 +38,8 @@ def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None
     from .lower import supports
     from .lower.recurrent import fusable
 
-    graph = run_passes(graph, [ReassociateSums(), HoistInputProjection(),
-                               ChooseLowering(supports=supports, fusable=fusable, target=target,
-                                                             control=control)])
+    graph = run_passes(graph, [ReassociateSums(), SinkSlices(), HoistInputProjection(),
+                               ChooseLowering(supports=supports, fusable=fusable, target=target, control=control)])
     return graph, w
 
 

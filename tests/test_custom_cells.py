@@ -360,3 +360,36 @@ def test_step_that_reads_no_input(step, state, masked):
     counts = op_counts(c.model)
     assert counts["Scan" if masked else "Loop"] == 1, counts     # a mask is something to scan
     assert ("as ONNX Scan" if masked else "as ONNX Loop (the step reads no input") in c.graph.layers["r"].reason
+
+
+STEP_LSTM = """cells:
+  StepLSTM:
+    attrs: [units]
+    params:
+      kernel: {shape: [input, 4 * units]}
+      recurrent_kernel: {shape: [units, 4 * units]}
+      bias: {shape: [4 * units]}
+    state: {h: [units], c: [units]}
+    step: |
+      z = x @ kernel + bias + h @ recurrent_kernel
+      ifo = sigmoid(z[:, :3 * units])
+      i, f, o = split(ifo, 3)
+      c = f * c + i * tanh(z[:, 3 * units:])
+      h = o * tanh(c)
+    output: h
+"""
+
+
+@pytest.mark.parametrize("units, gemms", [(8, 1), (256, 2)])
+def test_wide_gate_products_are_split_by_their_slices(units, gemms):
+    """(h @ R + c)[:, a:b] = h @ R[:, a:b] + c[:, a:b]: wide gates get a product each, so the
+    loop copies no gate block; narrow ones keep one product (a node costs more than the copy)."""
+    text = spec(STEP_LSTM, f"  - {{type: RNN, name: r, return_sequences: true, return_state: true, "
+                f"cell: {{type: StepLSTM, units: {units}}}}}\n", "x: {shape: [batch, time, 5]}",
+                "outputs: [r, r.states]\n")
+    c, _, _ = check_parity(text, native=0, loops=1, dims={"batch": 2, "time": 3})
+    body = [n.op_type for n in body_of(c.model).node]
+    assert body.count("Gemm") == gemms and ("Slice" in body) == (gemms == 1), body
+    main = [n.op_type for n in c.model.graph.node]
+    assert main.count("MatMul") == gemms and main.count("Concat") >= 1, main   # hoisted, one per slice
+    assert main.count("ConstantOfShape") == 3, main     # one [x, 1] for both projections (and h0, c0)

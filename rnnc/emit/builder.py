@@ -24,6 +24,7 @@ class GraphBuilder:
         self._node_names: set[str] = parent._node_names if parent else set()  # nodes: their own
         # counter, so node `lstm/Squeeze_2` writes tensor `lstm/Squeeze_2` (reads well in Netron)
         self._consts: dict[tuple, str] = {}
+        self.memo: dict[tuple, str] = {}   # values a lowering computes once per graph (e.g. [x, 1])
         self.scope = parent.scope if parent else ""
         self.node_counts: dict[str, int] = {}
 

@@ -87,9 +87,11 @@ def affine(b: GraphBuilder, x: str, w: str, c: str | None, *, lead: int, folds: 
         return b.op("MatMul", [x, w])
     if not folds:
         return b.op("Add", [b.op("MatMul", [x, w]), c])
-    ones_shape = b.op("Concat", [b.op("Shape", [x], end=-1), b.const([1])], axis=0)
-    ones = b.op("ConstantOfShape", [ones_shape], value=_ONE, name="ones")                  # [T, B, 1]
-    x1 = b.op("Concat", [x, ones], axis=-1, name="x_1")                                    # [T, B, k + 1]
+    x1 = b.memo.get(("x_1", x))
+    if x1 is None:   # one [x, 1] however many products read x
+        ones_shape = b.op("Concat", [b.op("Shape", [x], end=-1), b.const([1])], axis=0)
+        ones = b.op("ConstantOfShape", [ones_shape], value=_ONE, name="ones")              # [T, B, 1]
+        x1 = b.memo[("x_1", x)] = b.op("Concat", [x, ones], axis=-1, name="x_1")           # [T, B, k + 1]
     wc = b.op("Concat", [w, b.op("Unsqueeze", [c, b.const([0])])], axis=0, name="w_c")     # [k + 1, n]
     return b.op("MatMul", [x1, wc], name="affine")
 

@@ -3,5 +3,6 @@ from .choose_lowering import ChooseLowering
 from .hoist import HoistInputProjection
 from .manager import Pass, PassResult, run_passes
 from .reassociate import ReassociateSums
+from .sink_slices import SinkSlices
 
-__all__ = ["ChooseLowering", "HoistInputProjection", "ReassociateSums", "Pass", "PassResult", "run_passes"]
+__all__ = ["ChooseLowering", "HoistInputProjection", "ReassociateSums", "SinkSlices", "Pass", "PassResult", "run_passes"]
