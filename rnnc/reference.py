@@ -173,7 +173,8 @@ def _recurrent_layer(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     if layer.stateful:
         init = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()]
     xs = [np.asarray(env[r], dtype=np.float64) for r in layer.inputs]
-    seq, last, states = run_cells(layer, w, xs, _mask(layer, env), init)
+    seq, last, states = run_cells(layer, w, xs, _mask(layer, env), init,
+                                  zero_output_for_mask=layer.config["zero_output_for_mask"])
     ys = seq if layer.config["return_sequences"] else last
     out = dict(zip(layer.main_ports, ys))
     for port, s in zip(layer.state_ports, states):

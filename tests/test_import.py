@@ -121,6 +121,14 @@ def test_bidirectional_forward_half_reading_backwards_keeps_its_backward_layer(t
     assert "backward_layer" in imp.spec_text
 
 
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_zero_output_for_mask_imports(tmp_path, return_sequences):
+    x = keras.Input((None, F), name="x")
+    y = L.GRU(4, zero_output_for_mask=True, return_sequences=return_sequences, name="gru")(L.Masking(name="m")(x))
+    imp = check_keras(keras.Model(x, y), tmp_path, {"x": xs(mask_value=0.0)})
+    assert "zero_output_for_mask: true" in imp.spec_text
+
+
 def test_bidirectional_null_merge_and_own_backward_layer(tmp_path):
     x = keras.Input((None, F), name="x")
     back = L.GRU(3, reset_after=False, return_sequences=True, go_backwards=True)
@@ -259,7 +267,6 @@ def test_unsupported_layer_named_with_its_place(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("layer,needle", [
-    (lambda: L.LSTM(4, zero_output_for_mask=True, name="lstm"), "zero_output_for_mask"),
     (lambda: L.LSTM(4, activation="leaky_relu", name="lstm"), "activation='leaky_relu'"),
     (lambda: L.GRU(4, dtype="mixed_float16", name="lstm"), "mixed_float16"),
 ])
@@ -560,3 +567,22 @@ def test_torch_tensors_that_are_not_plain_weights(tmp_path):
                   spec, "expected dense real tensors", "dense.weight (sparse)")
     torch_refused(tmp_path, {"dense.weight": torch.empty(2, 3, device="meta"), "dense.bias": dense.bias.detach()},
                   spec, "dense.weight (meta: no values)")
+
+
+def test_torch_packed_sequences_are_masking_with_zero_output(tmp_path):
+    """pack_padded_sequence → LSTM → pad_packed_sequence: zeros past each length and h_n at
+    each length, which is Masking + zero_output_for_mask: true on a right-padded batch."""
+    lstm = torch.nn.LSTM(F, 4, batch_first=True)
+    spec = (f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {F}]}}}}\nlayers:\n  - {{type: Masking}}\n"
+            "  - {type: LSTM, name: enc, units: 4, return_sequences: true, return_state: true, "
+            "zero_output_for_mask: true}\noutputs: [enc, enc.states]\n")
+    c, _ = torch_compiled(lstm, spec, tmp_path)
+    lens = [T, 4, 2]
+    x = xs()
+    for b, n in enumerate(lens):
+        x[b, n:] = 0.0
+    with torch.no_grad():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), lens, batch_first=True)
+        y, (h, cc) = lstm(packed)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=T)
+    compare(run_ort(c.model, {"x": x}), [y.numpy(), h[0].numpy(), cc[0].numpy()])

@@ -377,6 +377,25 @@ def test_masking(kind_id, variant):
     c.expect(masked=True)
 
 
+ZERO_OUT_CASES = [(k, v, low) for k in ("LSTM", "GRU", "SimpleRNN") for v in ("last", "seq", "back_seq", "back_state")
+                  for low in ("auto", "loop")]
+
+
+@pytest.mark.parametrize("kind_id,variant,lowering", ZERO_OUT_CASES, ids=[f"{k}-{v}-{l}" for k, v, l in ZERO_OUT_CASES])
+def test_zero_output_for_mask(kind_id, variant, lowering):
+    """Masked steps output zeros (PyTorch's packed sequences too), and the last output is zero
+    where the last step is masked."""
+    cfg = rnn_cfg(kind_id, zero_output_for_mask=True, **VARIANTS[variant])
+    if lowering != "auto":
+        cfg["lowering"] = lowering
+    c = single_layer(cfg, masking=True)
+    check_all_masks(c, lambda p: {"x": masked_x(p)})
+    if lowering == "auto":
+        c.expect(masked=True)
+    else:
+        c.expect(native=0, loops=1)
+
+
 def test_masking_value_and_partial_steps():
     """mask_value -1: a step is masked only where ALL its features equal the mask value."""
     x = keras.Input((None, F), name="x")

@@ -22,8 +22,6 @@ IGNORED = {"name", "trainable", "seed", "build_config", "use_cudnn", "implementa
 # option → (value rnnc reproduces, why another value cannot be)
 REQUIRED: dict[str, tuple[Any, str]] = {
     "time_major": (False, "rnnc reads (batch, time, features); transpose the input instead"),
-    "zero_output_for_mask": (False, "rnnc repeats the previous output at masked steps (Keras's default); "
-                                    "zero outputs are only reproduced inside Bidirectional"),
     "quantization_config": (None, "quantized layers are not supported; import the float model"),
     "lora_rank": (None, "LoRA layers are not supported; merge the LoRA weights into the kernel first"),
     "renorm": (False, "batch renormalization is not supported"),

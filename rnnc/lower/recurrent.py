@@ -92,6 +92,11 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
                                b.op("Unsqueeze", [last_t, b.const([0])])])            # [T, B]
             idx = b.op("Expand", [b.op("Unsqueeze", [idx, b.const([2])]), b.op("Shape", [Y])])
             Y = b.op("GatherElements", [Y, idx], axis=0, name="repeat_last")
+        if zero_output and not need_seq and not layer.config["go_backwards"]:
+            # zero_output_for_mask: Keras's last output is zero where the last step is masked
+            full = b.op("Equal", [lens, b.op("Cast", [b.op("Size", [steps])], to=TensorProto.INT32)])     # [B]
+            zero = b.const(np.float32(0.0), dtype="float32")
+            last = [b.op("Where", [b.op("Unsqueeze", [full, b.const([1])]), v, zero], name="zero_last") for v in last]
         return ([Y] if Y is not None else []) + states + last
 
     def exact() -> list[str]:
@@ -142,8 +147,8 @@ def _lower(strategy: str):
         Xs = [time_major(ctx, ctx.env[r], ctx.graph.type_of(r).rank) for r in layer.inputs]   # [T, B, ...]
         # stateful: the carried states come in as graph inputs `<layer>/<port>_in`
         init = [name for _, name, _, _ in layer.state_io()] or _initial(ctx, layer)
-        Ys, states, last = run(ctx, layer, layer.name, Xs, init=init, mask=ctx.mask(layer),
-                               need_seq=seqs, zero_output=False, strategy=strategy)
+        Ys, states, last = run(ctx, layer, layer.name, Xs, init=init, mask=ctx.mask(layer), need_seq=seqs,
+                               zero_output=layer.config["zero_output_for_mask"], strategy=strategy)
         ys = [time_major(ctx, y, len(t.dims)) for y, t in zip(Ys, (layer.outputs[p] for p in layer.main_ports))] \
             if seqs else last                                                # [B, T, ...] or [B, ...]
         out = dict(zip(layer.main_ports, ys))

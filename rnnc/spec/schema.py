@@ -103,6 +103,9 @@ SEQUENCE_KEYS: dict[str, Key] = {
     "go_backwards": Key(_bool, False),
     "stateful": Key(_bool, False),
     "unroll": Key(_bool, False),
+    # Keras: masked steps output zeros instead of repeating the previous output (PyTorch's
+    # packed sequences too); Bidirectional sets it to return_sequences on both halves
+    "zero_output_for_mask": Key(_bool, False),
     "initial_state": Key(_refs, None),
     "lowering": Key(_enum(*LOWERINGS), "auto"),
 }
