@@ -189,7 +189,8 @@ def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     x, mask = _x(layer, env), _mask(layer, env)
     seqs = fwd.config["return_sequences"]
     results = {}
-    carried = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()]   # stateful: forward's, backward's
+    # the halves' first states (forward's, then backward's): carried, or initial_state
+    carried = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()] or [env[r] for r in layer.initial_state]
     n_fwd = len(fwd.states)
     for half, init in ((fwd, carried[:n_fwd]), (bwd, carried[n_fwd:])):
         hw = {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith(half.name + "/")}

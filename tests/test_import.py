@@ -586,3 +586,15 @@ def test_torch_packed_sequences_are_masking_with_zero_output(tmp_path):
         y, (h, cc) = lstm(packed)
         y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=T)
     compare(run_ort(c.model, {"x": x}), [y.numpy(), h[0].numpy(), cc[0].numpy()])
+
+
+@pytest.mark.parametrize("kind, masked", [("LSTM", False), ("GRU", True), ("SimpleRNN", False)])
+def test_bidirectional_with_initial_state_like_keras(tmp_path, kind, masked):
+    """Keras splits initial_state between the halves: the forward half's states, then the
+    backward half's (here an encoder's final states, both directions)."""
+    x = keras.Input((None, F), name="x")
+    h = L.Masking(name="m")(x) if masked else x
+    enc = L.Bidirectional(getattr(L, kind)(4, return_state=True), name="enc")(h)
+    y = L.Bidirectional(getattr(L, kind)(4, return_sequences=True), name="dec")(h, initial_state=list(enc[1:]))
+    imp = check_keras(keras.Model(x, y), tmp_path, {"x": xs(mask_value=0.0 if masked else None)})
+    assert "initial_state: [enc.forward_" in imp.spec_text

@@ -123,6 +123,9 @@ layers:
      "expected a recurrent layer (SimpleRNN, GRU, LSTM, RNN) inside Bidirectional, got 'Dense'"),
     ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: RNN, cell: {type: Foo, units: 2}}\n",
      "unknown cell type 'Foo'"),
+    ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}, h: {shape: [batch, 2]}}\nlayers:\n"
+     "  - {type: Bidirectional, input: x, initial_state: [h], layer: {type: GRU, units: 2}}\n",
+     "m.yaml:4: layers[0].initial_state: expected 2 initial state tensor(s) (forward_state, backward_state), got 1"),
     ("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n"
      "  - {type: Bidirectional, layer: {type: GRU, units: 2, go_backwards: true}}\n",
      "m.yaml:4: layers[0].layer.go_backwards: a Bidirectional layer with go_backwards: true needs a backward_layer "

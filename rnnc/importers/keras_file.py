@@ -269,18 +269,18 @@ class ModelConverter:
             self.err(loc, "the layer's call has no input")
             return
         main = _tensors(args[0])
-        init = _tensors(args[1]) if len(args) > 1 and spec["type"] in RECURRENT else []
-        if len(args) > (2 if spec["type"] in RECURRENT else 1):
+        takes_state = spec["type"] in (*RECURRENT, "Bidirectional")
+        init = _tensors(args[1]) if len(args) > 1 and takes_state else []
+        if len(args) > (2 if takes_state else 1):
             self.err(loc, f"the layer is called with {len(args)} positional arguments: expected its input"
-                          + (" and initial_state" if spec["type"] in RECURRENT else ""))
+                          + (" and initial_state" if takes_state else ""))
         for k, v in kwargs.items():
             if k in ("training", "mask"):
                 continue
-            if k == "initial_state" and spec["type"] in RECURRENT:
+            if k == "initial_state" and takes_state:
                 init = _tensors(v)
             elif v is not None:
-                self.err(loc, f"the layer is called with {k}=...: not supported by rnnc"
-                         + (" (Bidirectional with initial_state)" if k == "initial_state" else ""))
+                self.err(loc, f"the layer is called with {k}=...: not supported by rnnc")
         if main:
             self.input_of[name] = main[0]
         refs = [self.ref(t, loc) for t in main]

@@ -398,18 +398,7 @@ class _Builder:
             params.update({c.prefix + k: s for k, s in c.params.items()})
         init: tuple[Ref, ...] = ()
         if initial and cfg.get("initial_state") is not None:
-            init = tuple(self.resolve_all(cfg["initial_state"], decl.path + ("initial_state",)))
-            want = [s for c in cells for s in c.states]
-            if len(init) != len(want):
-                raise self.fail(decl.path + ("initial_state",), f"expected {len(want)} initial state tensor(s) "
-                                f"({', '.join(p for p in ports)}), got {len(init)}")
-            for i, (ref, (_, shape)) in enumerate(zip(init, want)):
-                ty = self.type_of(ref)
-                exp = (batch, *shape)
-                if ty.dtype != "float32" or ty.rank != len(exp) or ty.dims[1:] != exp[1:] or \
-                        not self.same_dim(ty.dims[0], batch, decl, f"the batch of initial state {i} and of the input"):
-                    raise self.fail(decl.path + ("initial_state",), f"initial state {i} ({ref}): expected float32 "
-                                    f"{TensorType('float32', exp)}, got {ty.dtype} {ty}")
+            init = self.initial_states(decl, cfg["initial_state"], all_states)
         notes = tuple(f"{k}={cfg[k]} ignored at inference" for k in ("dropout", "recurrent_dropout")
                       if cfg.get(k)) + tuple(
             f"cell {i}: {k}={c.config[k]} ignored at inference" for i, c in enumerate(cells)
@@ -423,6 +412,21 @@ class _Builder:
             mask = None
         return Layer(**base, outputs=outs, params=params, initial_state=init, mask_in=mask,
                      mask_out=mask_out, cells=cells, notes=notes, time=time, states=all_states)
+
+    def initial_states(self, decl: LayerDecl, texts: tuple[str, ...], states: tuple) -> tuple[Ref, ...]:
+        """`initial_state` references, checked against the states (port, dims) they start."""
+        path = decl.path + ("initial_state",)
+        init = tuple(self.resolve_all(texts, path))
+        if len(init) != len(states):
+            raise self.fail(path, f"expected {len(states)} initial state tensor(s) "
+                            f"({', '.join(p for p, _ in states)}), got {len(init)}")
+        for i, (ref, (_, exp)) in enumerate(zip(init, states)):
+            ty = self.type_of(ref)
+            if ty.dtype != "float32" or ty.rank != len(exp) or ty.dims[1:] != exp[1:] or \
+                    not self.same_dim(ty.dims[0], exp[0], decl, f"the batch of initial state {i} and of the input"):
+                raise self.fail(path, f"initial state {i} ({ref}): expected float32 {TensorType('float32', exp)}, "
+                                f"got {ty.dtype} {ty}")
+        return init
 
     def bidirectional(self, decl: LayerDecl, base: dict, r: Ref, x: TensorType, mask: Ref | None) -> Layer:
         cfg = decl.config
@@ -478,9 +482,19 @@ class _Builder:
         # stateful (Keras 3): each half carries its own states from call to call; the backward
         # half reads each chunk from its end, starting from the states the previous chunk left
         states = tuple((f"{half.name}_{p}", d) for half in (fwd, bwd) for p, d in half.states)
-        return Layer(**base, outputs=outs, params=params, mask_in=mask, mask_out=mask if seqs else None,
-                     sublayers=(fwd, bwd), notes=tuple(dict.fromkeys(fwd.notes + bwd.notes)),
-                     time=x.dims[1], states=states)
+        notes = tuple(dict.fromkeys(fwd.notes + bwd.notes))
+        init: tuple[Ref, ...] = ()
+        if cfg.get("initial_state") is not None:   # Keras: the forward half's states, then the backward's
+            if inner.config["stateful"]:
+                raise self.fail(decl.path + ("initial_state",), "initial_state cannot be combined with stateful: "
+                                "true: a stateful layer starts from its carried state (set it with Session.states)")
+            init = self.initial_states(decl, cfg["initial_state"], states)
+            if mask is not None:   # as for a recurrent layer (Layer.__call__ with two tensor arguments)
+                notes += ("incoming mask not applied: Keras 3 does not pass a mask to a layer called with "
+                          "initial_state",)
+        return Layer(**base, outputs=outs, params=params, initial_state=init, mask_in=None if init else mask,
+                     mask_out=mask if seqs else None, sublayers=(fwd, bwd), notes=notes, time=x.dims[1],
+                     states=states)
 
 
 def _cell_keys(cell_type: str) -> set[str]:

@@ -203,10 +203,12 @@ def _bidi(strategy: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
         X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
         mask = ctx.mask(layer)
-        # stateful: each half's carried states come in as `<layer>/<half>_<port>_in`
+        # each half's first states: carried (stateful: graph inputs `<layer>/<half>_<port>_in`),
+        # or initial_state (the forward half's, then the backward half's), or zeros
         io = layer.state_io()
+        first = [name for _, name, _, _ in io] or _initial(ctx, layer) or []
         n_fwd = len(layer.sublayers[0].states)
-        init = {"forward": [i for _, i, _, _ in io[:n_fwd]] or None, "backward": [i for _, i, _, _ in io[n_fwd:]] or None}
+        init = {"forward": first[:n_fwd] or None, "backward": first[n_fwd:] or None}
         if strategy == "native" and fusable(layer):
             if mask is None:
                 out, finals = _bidi_fused(ctx, layer, X, init, need_finals=bool(io))

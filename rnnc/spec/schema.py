@@ -128,7 +128,8 @@ LAYER_KEYS: dict[str, dict[str, Key]] = {
     # `layer` / `backward_layer` are nested layer mappings, checked by the loader.
     "Bidirectional": {"layer": Key(lambda v: (True, v, ""), required=True),
                       "merge_mode": Key(_enum("concat", "sum", "mul", "ave", None), "concat"),
-                      "backward_layer": Key(lambda v: (True, v, ""), None)},
+                      "backward_layer": Key(lambda v: (True, v, ""), None),
+                      "initial_state": Key(_refs, None)},
     "Dense": {"units": Key(_positive_int, required=True),
               "activation": Key(_optional_activation, "linear"),
               "use_bias": Key(_bool, True)},
