@@ -252,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output and not Path(args.output).parent.exists():
         raise RnncError(f"-o {args.output}: folder {Path(args.output).parent} does not exist")
     if not args.random and not args.input:
-        raise InputError(f"no inputs: pass --input NAME=FILE.npy for each input, or --random")
+        raise InputError("no inputs: pass --input NAME=FILE.npy for each input, or --random")
     if args.strict_gpu and args.providers == "cpu":
         raise RnncError("--strict-gpu: expected --providers auto or cuda, got cpu (strict GPU placement needs CUDA)")
     sess = _strict_session(args.model, args.providers, args.model) if args.strict_gpu else \

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from helpers import compile_text
 from rnnc.errors import RnncError
 from rnnc.ir import build_graph
 from rnnc.ir.printer import summary

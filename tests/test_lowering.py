@@ -225,7 +225,7 @@ def test_stacked_cells(options, lowering, native, loops):
 def test_rnn_lstmcell_equals_lstm():
     common = "units: 4, return_sequences: true, return_state: true"
     a = compile_text(HEAD.format(time="time") + f"  - {{type: LSTM, name: l, {common}}}\noutputs: [l, l.states]\n")
-    b = compile_text(HEAD.format(time="time") + f"  - {{type: RNN, name: l, cell: {{type: LSTMCell, units: 4}}, "
+    b = compile_text(HEAD.format(time="time") + "  - {type: RNN, name: l, cell: {type: LSTMCell, units: 4}, "
                      "return_sequences: true, return_state: true}\noutputs: [l, l.states]\n", weights=a.weights)
     feeds = {"x": np.random.default_rng(0).normal(size=(2, 7, 3)).astype(np.float32)}
     ya, yb = run_ort(a.model, feeds), run_ort(b.model, feeds)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import yaml
 
 import rnnc
 from rnnc.spec import load_spec_text
@@ -86,22 +88,15 @@ def bench_stateful(repeat: int, threads: int) -> None:
     print(f"  rnnc.Session.run (carried)      : {b * 1e3:8.3f} ms/chunk   ratio {b / a:.3f}")
 
 
-CUSTOM_LSTM = """cells:
-  StepLSTM:
-    attrs: [units]
-    params:
-      kernel: {shape: [input, 4 * units]}
-      recurrent_kernel: {shape: [units, 4 * units]}
-      bias: {shape: [4 * units]}
-    state: {h: [units], c: [units]}
-    step: |
-      z = x @ kernel + bias + h @ recurrent_kernel
-      ifo = sigmoid(z[:, :3 * units])
-      i, f, o = split(ifo, 3)
-      c = f * c + i * tanh(z[:, 3 * units:])
-      h = o * tanh(c)
-    output: h
-"""
+CELL_SPEC = Path(__file__).resolve().parents[1] / "specs" / "lstm_custom_cell.yaml"
+
+
+def custom_lstm(inp: int, units: int) -> str:
+    """The spec of specs/lstm_custom_cell.yaml's cell (an LSTM as equations) over `inp` features."""
+    cells = yaml.safe_load(CELL_SPEC.read_text())["cells"]
+    return yaml.safe_dump({"rnnc": 1, "inputs": {"x": {"shape": ["batch", "time", inp]}}, "cells": cells,
+                           "layers": [{"type": "RNN", "name": "l", "return_sequences": True,
+                                       "cell": {"type": "StepLSTM", "units": units}}]}, sort_keys=False)
 
 
 def bench_loop(repeat: int, threads: int) -> None:
@@ -113,8 +108,7 @@ def bench_loop(repeat: int, threads: int) -> None:
     for batch, steps, inp, units in shapes:
         head = f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\n"
         lstm = head + f"layers:\n  - {{type: LSTM, name: l, units: {units}, return_sequences: true, lowering: LOW}}\n"
-        cell = head + CUSTOM_LSTM + ("layers:\n  - {type: RNN, name: l, return_sequences: true, "
-                                     f"cell: {{type: StepLSTM, units: {units}}}}}\n")
+        cell = custom_lstm(inp, units)
         base = rnnc.compile_spec(load_spec_text(lstm.replace("LOW", "native")))
         # the custom cell's gates are ordered i f o c: the same weights, permuted
         w_custom = {k: permute_gates(v, "keras_lstm", "rnnc_lstm") for k, v in base.weights.items()}

@@ -3,7 +3,6 @@ does) and record each layer's parameters. All problems are collected and raised 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 

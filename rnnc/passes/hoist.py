@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..cells.lang import state_dependent
-from ..ir.graph import Cell, Graph, Layer
-from .manager import PassResult
+from ..ir.graph import Cell, Graph
+from .manager import PassResult, map_custom_cells
 
 
 def hoistable(cell: Cell) -> frozenset[int]:
@@ -25,17 +25,4 @@ class HoistInputProjection:
     name = "hoist-input-projection"
 
     def run(self, graph: Graph) -> PassResult:
-        changed = False
-
-        def visit(layer: Layer) -> Layer:
-            nonlocal changed
-            subs = tuple(visit(s) for s in layer.sublayers)
-            cells = tuple(replace(c, hoisted=hoistable(c)) if c.custom else c for c in layer.cells)
-            if cells != layer.cells or subs != layer.sublayers:
-                changed = True
-                return replace(layer, cells=cells, sublayers=subs)
-            return layer
-
-        layers = {name: visit(layer) for name, layer in graph.layers.items()}
-        out = replace(graph, layers=layers)
-        return PassResult(out, changed)
+        return map_custom_cells(graph, lambda c: replace(c, hoisted=hoistable(c)))

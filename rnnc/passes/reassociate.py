@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..cells.lang import Node, Program, broadcast, state_dependent
-from ..ir.graph import Cell, Graph, Layer
-from .manager import PassResult
+from ..ir.graph import Cell, Graph
+from .manager import PassResult, map_custom_cells
 
 
 def _consumers(prog: Program) -> list[int]:
@@ -120,24 +120,10 @@ class ReassociateSums:
     name = "reassociate-sums"
 
     def run(self, graph: Graph) -> PassResult:
-        changed = False
-
-        def visit(layer: Layer) -> Layer:
-            nonlocal changed
-            subs = tuple(visit(s) for s in layer.sublayers)
-            cells = tuple(_cell(c) for c in layer.cells)
-            if cells != layer.cells or subs != layer.sublayers:
-                changed = True
-                return replace(layer, cells=cells, sublayers=subs)
-            return layer
-
-        layers = {name: visit(layer) for name, layer in graph.layers.items()}
-        return PassResult(replace(graph, layers=layers), changed)
+        return map_custom_cells(graph, _cell)
 
 
 def _cell(c: Cell) -> Cell:
     """The regrouped step goes to `lowered`; `program` stays as parsed, for the reference."""
-    if not c.custom:
-        return c
     prog = reassociate(c.program)
     return c if prog is c.program else replace(c, lowered=prog)

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..cells.lang import Node, Program, state_dependent
-from ..ir.graph import Cell, Layer
-from .manager import PassResult
+from ..ir.graph import Cell, Graph
+from .manager import PassResult, map_custom_cells
 
 SINK_MIN_WIDTH = 256       # columns per slice
 
@@ -119,24 +119,10 @@ def sink(prog: Program) -> Program:
 class SinkSlices:
     name = "sink-slices"
 
-    def run(self, graph):
-        changed = False
-
-        def visit(layer: Layer) -> Layer:
-            nonlocal changed
-            subs = tuple(visit(s) for s in layer.sublayers)
-            cells = tuple(_cell(c) for c in layer.cells)
-            if cells != layer.cells or subs != layer.sublayers:
-                changed = True
-                return replace(layer, cells=cells, sublayers=subs)
-            return layer
-
-        layers = {name: visit(layer) for name, layer in graph.layers.items()}
-        return PassResult(replace(graph, layers=layers), changed)
+    def run(self, graph: Graph) -> PassResult:
+        return map_custom_cells(graph, _cell)
 
 
 def _cell(c: Cell) -> Cell:
-    if not c.custom:
-        return c
     prog = sink(c.step_program)
     return c if prog is c.step_program else replace(c, lowered=prog)
