@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One short device check (for a session that is lent a GPU machine): does ONNX Runtime's
-# CUDA provider run rnnc's native LSTM/GRU nodes, with the CPU's numbers, and how fast?
+# CUDA provider run rnnc's native LSTM/GRU nodes and its Scan time loops, with the CPU's numbers,
+# and how fast?
 # The GPU machine reaches no package index: it uses the Python packages already there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,13 +26,18 @@ CASES = {
     "GRU": "{type: GRU, units: 256, return_sequences: true}",
     "BiLSTM": "{type: Bidirectional, layer: {type: LSTM, units: 128, return_sequences: true}}",
     "masked LSTM": "{type: LSTM, units: 256, return_sequences: true}",
+    "custom cell": "{type: RNN, return_sequences: true, cell: {type: StepLSTM, units: 256}}",   # a Scan
 }
+import yaml
+from pathlib import Path
+CELLS = yaml.safe_dump({"cells": yaml.safe_load(Path("specs/lstm_custom_cell.yaml").read_text())["cells"]})
 x = np.random.default_rng(0).normal(size=(64, 100, 128)).astype(np.float32)
 masked = x.copy()
 masked[::2, 60:] = 0.0                                     # right-padded rows
 for name, layer in CASES.items():
     pre = "  - {type: Masking}\n" if name.startswith("masked") else ""
-    spec = load_spec_text(f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, 128]}}}}\nlayers:\n{pre}  - {layer}\n")
+    cells = CELLS if "StepLSTM" in layer else ""
+    spec = load_spec_text(f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, 128]}}}}\n{cells}layers:\n{pre}  - {layer}\n")
     model = rnnc.compile_spec(spec).model
     feeds = {"x": masked if pre else x}
     sessions = {}
