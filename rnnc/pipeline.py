@@ -26,11 +26,20 @@ class Compiled:
     weights: dict[str, np.ndarray]
 
 
+def time_loop_op(control: str) -> str:
+    """The ONNX op of a time loop: auto is Scan (measured faster on ONNX Runtime than a Loop,
+    the reference form: tools/bench.py)."""
+    if control not in CONTROLS:
+        raise RnncError(f"control: expected one of {', '.join(CONTROLS)}, got {control!r}")
+    return "scan" if control == "auto" else control
+
+
 def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, target: str = "ort",
-            control: str = "scan") -> tuple[Graph, dict[str, np.ndarray]]:
+            control: str = "auto") -> tuple[Graph, dict[str, np.ndarray]]:
     """Load, build and choose lowerings (everything before ONNX); returns the graph and weights."""
     if target not in TARGETS:
         raise RnncError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+    control = time_loop_op(control)
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     graph = build_graph(spec)
@@ -59,9 +68,9 @@ def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None)
 def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, opset: int = DEFAULT_OPSET,
                  ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True,
                  control: str = "auto") -> Compiled:
-    """Compile a spec to an ONNX model. `control` is the ONNX op of a time loop: auto (Scan,
-    measured faster on ONNX Runtime: tools/bench.py), scan, or loop (the reference form).
-    `hoist=False` keeps the input projection inside the time loop (for benchmarks)."""
+    """Compile a spec to an ONNX model. `control` is the ONNX op of a time loop (auto, scan or
+    loop: time_loop_op). `hoist=False` keeps the input projection inside the time loop (for
+    benchmarks)."""
     from .emit import GraphBuilder, assemble, check
     from .emit.model import MIN_OPSET
     from .lower import LowerCtx, lower_graph
@@ -71,9 +80,7 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
             raise RnncError(f"{name}: expected an integer, got {v!r}")
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise RnncError(f"--opset: expected {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}")
-    if control not in CONTROLS:
-        raise RnncError(f"control: expected one of {', '.join(CONTROLS)}, got {control!r}")
-    control = "scan" if control == "auto" else control
+    control = time_loop_op(control)
     if not 8 <= ir_version <= onnx.IR_VERSION:
         raise RnncError(f"--ir-version: expected 8..{onnx.IR_VERSION}, got {ir_version}")
     graph, w = prepare(spec, weights=weights, target=target, control=control)

@@ -383,3 +383,84 @@ def test_wide_gate_products_are_split_by_their_slices(units, gemms):
     main = [n.op_type for n in c.model.graph.node]
     assert main.count("MatMul") == gemms and main.count("Concat") >= 1, main   # hoisted, one per slice
     assert main.count("ConstantOfShape") == 3, main     # one [x, 1] for both projections (and h0, c0)
+
+
+TWO_OUT = """cells:
+  TwoOut:
+    attrs: [units]
+    params:
+      kernel: {shape: [input, units]}
+      recurrent_kernel: {shape: [units, units]}
+    state: {h: [units], g: [units]}
+    step: |
+      h = tanh(x @ kernel + h @ recurrent_kernel)
+      g = h
+      o = 2 * h
+    output: [h, o]
+"""
+
+
+@pytest.mark.parametrize("options", ["return_state: true", "return_sequences: true, return_state: true"])
+@pytest.mark.parametrize("control", ["scan", "loop"])
+def test_a_value_leaving_the_loop_twice(options, control):
+    """Two states with the same next value (g = h), and an output that is a state's next
+    value beside one that is not: every body output goes out under its own name."""
+    import rnnc
+    from helpers import assert_close, run_onnx_reference, run_ort
+    from rnnc.reference import run_reference
+    text = spec(TWO_OUT, f"  - {{type: RNN, name: r, cell: {{type: TwoOut, units: 3}}, {options}}}\n",
+                "x: {shape: [batch, time, 2]}", "outputs: [r, r.states]\n")
+    base = compile_text(text)
+    c = rnnc.compile_spec(load_spec_text(text, "t.yaml"), weights=base.weights, control=control)
+    body = body_of(c.model)
+    names = [o.name for o in body.output]
+    assert len(names) == len(set(names)), names
+    feeds = random_feeds(c.graph, {"batch": 2, "time": 4})
+    want = run_reference(c.graph, c.weights, feeds)
+    assert_close(run_ort(c.model, feeds), want)
+    assert_close(run_onnx_reference(c.model, feeds), want)
+
+
+INF_AT_MASKED = """cells:
+  Ratio:
+    attrs: [units]
+    params:
+      kernel: {shape: [input, units]}
+    state: {h: [units]}
+    step: |
+      o = (x @ kernel) / sum(abs(x), axis=-1, keepdims=True)
+      h = h + o
+    output: o
+"""
+
+
+@pytest.mark.parametrize("lowering", ["loop", "unroll"])
+@pytest.mark.parametrize("seqs", [True, False])
+def test_zero_output_for_mask_selects_zero(lowering, seqs):
+    """At a masked step (x all 0) the step's output is 0/0: zero_output_for_mask gives 0 there,
+    as Keras does, never NaN (the zero is selected, not computed as output * 0)."""
+    from test_lowering import masked_input
+    text = spec(INF_AT_MASKED, "  - {type: Masking}\n  - {type: RNN, name: r, zero_output_for_mask: true, "
+                f"return_sequences: {str(seqs).lower()}, lowering: {lowering}, cell: {{type: Ratio, units: 2}}}}\n",
+                "x: {shape: [batch, 6, 3]}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c, got, _ = check_parity(text, feeds=masked_input("right"))
+    assert all(np.isfinite(v).all() for v in got.values())
+
+
+@pytest.mark.parametrize("step", [
+    "a, g = split(z, [3 * units, units])\n      i, f, o = split(sigmoid(a), 3)\n      gg = tanh(g)",
+    "i = sigmoid(z[:, :units])\n      f = sigmoid(z[:, units:2 * units])\n      o = sigmoid(z[:, 2 * units:3 * units])\n"
+    "      gg = tanh(z[:, 3 * units:])",
+    "i = sigmoid(z[:, :units])\n      f = sigmoid(z[:, :units])\n      o = sigmoid(z[:, units:3 * units][:, :units])\n"
+    "      gg = tanh(z[:, 2 * units:3 * units])",
+], ids=["split_sizes", "four_slices", "overlapping_and_partial"])
+def test_sink_slices_shapes_of_slicing(step):
+    cells = ("cells:\n  C:\n    attrs: [units]\n    params:\n      kernel: {shape: [input, 4 * units]}\n"
+             "      recurrent_kernel: {shape: [units, 4 * units]}\n      bias: {shape: [4 * units]}\n"
+             "    state: {h: [units], c: [units]}\n    step: |\n      z = x @ kernel + h @ recurrent_kernel + bias\n"
+             f"      {step}\n      c = f * c + i * gg\n      h = o * tanh(c)\n    output: h\n")
+    text = spec(cells, "  - {type: RNN, name: r, return_sequences: true, cell: {type: C, units: 256}}\n",
+                "x: {shape: [batch, time, 4]}")
+    c, _, _ = check_parity(text, native=0, loops=1, dims={"batch": 2, "time": 3})
+    assert "Slice" not in [n.op_type for n in body_of(c.model).node]    # every slice became its own Gemm

@@ -15,7 +15,7 @@ shape the batch axis is the marker B."""
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .activations import NAMES as ACTIVATIONS
@@ -525,6 +525,34 @@ def parse_step(text: str, *, ints: dict[str, int], inputs: dict[str, tuple[int, 
         outs.append(i)
     return Program(tuple(b.nodes), tuple(b.input_ids), tuple(b.state_ids), tuple(b.param_ids), tuple(next_states),
                    tuple(outs))
+
+
+class ProgramWriter:
+    """Rebuilds a program node by node, for the passes that rewrite a step: `add` appends a new
+    node, `keep` copies an old one onto the new ids, `program` ends it."""
+
+    def __init__(self, prog: Program):
+        self.prog = prog
+        self.nodes: list[Node] = []
+        self.new_id: dict[int, int] = {}     # old node id -> new node id
+
+    def add(self, op: str, args: tuple[int, ...], shape: tuple[int, ...], **attrs: Any) -> int:
+        self.nodes.append(Node(len(self.nodes), op, args, tuple(sorted(attrs.items())), shape))
+        return len(self.nodes) - 1
+
+    def keep(self, n: Node) -> int:
+        self.new_id[n.id] = len(self.nodes)
+        self.nodes.append(replace(n, id=len(self.nodes), args=tuple(self.new_id[a] for a in n.args)))
+        return self.new_id[n.id]
+
+    def program(self) -> Program:
+        """The new program (the old one if nothing changed)."""
+        p, m = self.prog, self.new_id
+        if len(self.nodes) == len(p.nodes) and all(a == b for a, b in zip(self.nodes, p.nodes)):
+            return p
+        remap = lambda pairs: tuple((k, m[i]) for k, i in pairs)  # noqa: E731
+        return Program(tuple(self.nodes), remap(p.inputs), remap(p.states), remap(p.params),
+                       tuple(m[i] for i in p.next_states), tuple(m[i] for i in p.outputs))
 
 
 def live_nodes(prog: Program) -> set[int]:

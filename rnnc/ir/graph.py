@@ -8,6 +8,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from ..cells.lang import reads_inputs
 from .types import Ref, TensorType
 
 
@@ -34,6 +35,12 @@ class Cell:
     @property
     def custom(self) -> bool:
         return self.program is not None
+
+    @property
+    def reads_input(self) -> bool:
+        """Does the step read its input? A custom one may not (`h = tanh(h)`): then a time
+        loop over it has nothing to scan (no ONNX Scan, a Loop)."""
+        return not self.custom or reads_inputs(self.step_program)
 
     @property
     def step_program(self) -> Any:

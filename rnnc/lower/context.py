@@ -18,9 +18,9 @@ class LowerCtx:
     b: GraphBuilder
     graph: Graph
     weights: dict[str, np.ndarray]
-    target: str = "ort"                      # "ort" or "portable"
-    hoist: bool = True                       # hoist input-only work out of Loops
-    control: str = "loop"                    # the time loop: an ONNX "loop" or "scan"
+    target: str                              # "ort" or "portable"
+    hoist: bool                              # hoist input-only work out of time loops
+    control: str                             # the time loop: an ONNX "loop" or "scan" (rnnc/pipeline.py)
     env: dict[Ref, str] = field(default_factory=dict)
     state_outputs: dict[str, str] = field(default_factory=dict)   # stateful: output name -> tensor
 

@@ -1,12 +1,14 @@
-"""Loop lowering: a recurrent layer's cells → an ONNX Loop over time whose body is built
-from the cell equations (rnnc/cells/: built-in cells' equations, or a custom cell's parsed
-step), the same equations the reference interpreter runs.
+"""Time-loop lowering: a recurrent layer's cells → an ONNX Scan (by default; a Loop, the
+reference form, with control="loop" or where the step reads no input) over time, whose body is
+built from the cell equations (rnnc/cells/: built-in cells' equations, or a custom cell's step
+as the passes left it), the same equations the reference interpreter runs.
 
-What depends on the step input only is hoisted out of the Loop and computed for all steps
-at once (built-in cells: x @ W + b, one MatMul; custom cells: the nodes the hoisting pass
-marked); the body does only the recurrent part. Masks are exact: at a masked step the states
-keep their values and the outputs repeat the previous ones (or are zero, for Bidirectional
-with return_sequences), as Keras does. `unroll` emits the same body once per step."""
+What depends on the step input only is hoisted out of the loop and computed for all steps at
+once (built-in cells: x @ W + b, one MatMul with the bias folded in; custom cells: the nodes the
+hoisting pass marked); the body does only the recurrent part. Masks are exact: at a masked step
+the states keep their values and the outputs repeat the previous ones (or are zero, with
+zero_output_for_mask, which Bidirectional sets with return_sequences), as Keras does. `unroll`
+emits the same body once per step."""
 from __future__ import annotations
 
 from typing import Any
@@ -150,6 +152,23 @@ def _keep(b: GraphBuilder, m: str, new: str, old: str, rank: int, cache: dict[in
     return b.op("Where", [cache[rank], new, old])
 
 
+def _masked_output(b: GraphBuilder, m: str, new: str, prev: str, zero_output: bool, rank: int,
+                   cache: dict[int, str]) -> str:
+    """A step's output under the mask: the new output, else the previous one, or zero with
+    zero_output (selected, never computed as new * 0, which is NaN where new is inf)."""
+    return _keep(b, m, new, b.const(np.float32(0.0), dtype="float32") if zero_output else prev, rank, cache)
+
+
+def _distinct(b: GraphBuilder, names: list[str]) -> list[str]:
+    """A graph's outputs each under their own name: a value listed twice (two states with the
+    same next value, an output that is also a state) goes out the second time through an
+    Identity (ONNX Runtime's Scan mixes up repeated output names)."""
+    out: list[str] = []
+    for n in names:
+        out.append(b.op("Identity", [n], name="y_t") if n in out else n)
+    return out
+
+
 def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, init: list[str] | None,
               mask: str | None, need_seq: bool, zero_output: bool, unroll: int | None = None, hoist: bool = True
               ) -> tuple[list[str] | None, list[str], list[str]]:
@@ -168,8 +187,7 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
     states0 = list(init) if init else [_zeros(b, batch, s) for c in cells for _, s in c.states]
     state_ranks = [1 + len(s) for c in cells for _, s in c.states]
     out_shapes = list(cells[-1].output_shapes)
-    # per output of the last cell, the state whose next value it is (None: not a state)
-    out_state = [None if j is None else len(states0) - len(cells[-1].states) + j for j in output_states(cells[-1])]
+    out_state = output_states(cells, len(states0))
     # the previous outputs ride along as loop state when a mask may repeat them, or when the
     # last output is asked for and is no state's final value
     carry = mask is not None or (not need_seq and None in out_state)
@@ -181,8 +199,9 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
     body = GraphBuilder(parent=b)
     scanned = [v for v, per_step in projected if per_step] + ([mask] if mask is not None else [])
     # the reference form is a Loop; a Scan reads row t without a Gather, but needs a tensor to
-    # scan (a custom cell may not read its input)
-    scan = ctx.control == "scan" and bool(scanned)
+    # scan (a custom cell may not read its input; the reason ChooseLowering records says so)
+    scan = ctx.control == "scan" and (mask is not None or cells[0].reads_input)
+    assert not scan or scanned
     it, cond_in = body.fresh("t"), body.fresh("cond_in")
     s_in = [body.fresh(f"state{i}_in") for i in range(len(states0))]
     p_in = [body.fresh(f"prev{i}_in") for i in range(len(prev0))]
@@ -197,16 +216,13 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
         cache: dict[int, str] = {}
         # masked step: keep the states; repeat the previous outputs (zeros for zero_output)
         new = [_keep(body, m, n, s, r, cache) for n, s, r in zip(new, s_in, state_ranks)]
-        outs = [_keep(body, m, o, body.op("Mul", [o, body.const(np.float32(0.0), dtype="float32")])
-                      if zero_output else p, 1 + len(shape), cache)
+        outs = [_masked_output(body, m, o, p, zero_output, 1 + len(shape), cache)
                 for o, p, shape in zip(outs, p_in, out_shapes)]
-    carried = [*new, *(outs if carry else [])]
-    body_outs = ([] if scan else [cond_in]) + carried
-    if need_seq:
-        # Loop's scan outputs: ONNX Runtime stacks the per-step [B, ...] values into [T, B, ...]
-        # while onnx.reference concatenates them into [T * B, ...]: the same data in the same
-        # order, so one Reshape after the Loop gives [T, B, ...] on both.
-        body_outs += [o if o not in body_outs else body.op("Identity", [o], name="y_t") for o in outs]
+    # Loop's scan outputs: ONNX Runtime stacks the per-step [B, ...] values into [T, B, ...]
+    # while onnx.reference concatenates them into [T * B, ...]: the same data in the same order,
+    # so one Reshape after the Loop gives [T, B, ...] on both.
+    body_outs = ([] if scan else [cond_in]) + _distinct(body, [*new, *(outs if carry else []),
+                                                               *(outs if need_seq else [])])
     f32 = TensorProto.FLOAT
     vi = lambda n, t=f32: helper.make_tensor_value_info(n, t, None)  # noqa: E731
     if scan:
@@ -243,19 +259,15 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
     return seqs, final, lasts
 
 
-def output_states(cell: Cell) -> list[int | None]:
-    """Per output of a cell, the index of the state whose next value it is, or None. A
-    built-in cell's output is its first state (h)."""
-    if not cell.custom:
-        return [0]
-    prog = cell.step_program
-    return [prog.next_states.index(o) if o in prog.next_states else None for o in prog.outputs]
-
-
-def last_h(cells: list[Cell], states: list[str]) -> list[str]:
-    """A built-in cell's output is its first state (h)."""
-    assert not cells[-1].custom
-    return [states[len(states) - len(cells[-1].states)]]
+def output_states(cells: list[Cell], n_states: int) -> list[int | None]:
+    """Per output of the last of the stacked cells, the index (among all n_states states) of
+    the state whose next value it is, or None. A built-in cell's output is its first state (h)."""
+    last = cells[-1]
+    base = n_states - len(last.states)
+    if not last.custom:
+        return [base]
+    prog = last.step_program
+    return [base + prog.next_states.index(o) if o in prog.next_states else None for o in prog.outputs]
 
 
 def _unrolled(ctx: LowerCtx, runners: list[Runner], projected: list[tuple[str, bool]], mask: str | None,
@@ -276,8 +288,8 @@ def _unrolled(ctx: LowerCtx, runners: list[Runner], projected: list[tuple[str, b
         if masks is not None:
             cache: dict[int, str] = {}
             new = [_keep(b, masks[t], n, s, r, cache) for n, s, r in zip(new, states, state_ranks)]
-            o = [_keep(b, masks[t], x, b.op("Mul", [x, b.const(np.float32(0.0), dtype="float32")]) if zero_output
-                       else p, 1 + len(shape), cache) for x, p, shape in zip(o, outs, out_shapes)]
+            o = [_masked_output(b, masks[t], x, p, zero_output, 1 + len(shape), cache)
+                 for x, p, shape in zip(o, outs, out_shapes)]
         states, outs = new, o
         for k, x in enumerate(o):
             ys[k].append(ctx.unsqueeze(x, 0))

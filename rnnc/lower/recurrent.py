@@ -54,7 +54,8 @@ def _native(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | 
     Y, states = native.run_cells(ctx, layer, key, X, init=init, seq_lens=seq_lens, need_seq=need_seq)
     if Y is not None and layer.config["go_backwards"]:
         Y = ctx.reverse(Y, 0)    # ONNX `reverse` returns input order; Keras returns processing order
-    return ([Y] if Y is not None else None), states, loop.last_h(list(layer.cells), states)
+    cells = list(layer.cells)
+    return ([Y] if Y is not None else None), states, [states[j] for j in loop.output_states(cells, len(states))]
 
 
 def right_padded(ctx: LowerCtx, mask: str) -> tuple[str, str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from ..cells.lang import reads_inputs
 from ..errors import LoweringError, Problem
 from ..ir.graph import Graph, Layer
 from ..spec.yamlsrc import format_path
@@ -70,7 +69,7 @@ class ChooseLowering:
 
     def _control(self, layer: Layer) -> str:
         first = (layer.sublayers[0] if layer.sublayers else layer).cells[0]
-        if first.custom and layer.mask_in is None and not reads_inputs(first.step_program):
+        if layer.mask_in is None and not first.reads_input:    # the decision of rnnc/lower/loop.py
             return "; as ONNX Loop (the step reads no input for a Scan to scan)" if self.control == "scan" else ""
         if self.control == "scan":
             return "; as ONNX Scan (faster than Loop on ONNX Runtime)"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..cells.lang import Node, Program, broadcast, state_dependent
+from ..cells.lang import Program, ProgramWriter, broadcast, state_dependent
 from ..ir.graph import Cell, Graph
 from .manager import PassResult, map_custom_cells
 
@@ -48,14 +48,8 @@ def reassociate(prog: Program) -> Program:
             return [t for a in n.args for t in terms(a)]
         return [i]
 
-    out: list[Node] = []
-    new_id: dict[int, int] = {}
-    new_dep: dict[int, bool] = {}
-
-    def add(op: str, args: tuple[int, ...], shape: tuple[int, ...], **attrs) -> int:
-        out.append(Node(len(out), op, args, tuple(sorted(attrs.items())), shape))
-        new_dep[len(out) - 1] = any(new_dep[a] for a in args)
-        return len(out) - 1
+    pw = ProgramWriter(prog)
+    out, new_id, add = pw.nodes, pw.new_id, pw.add
 
     def fold(ids: list[int]) -> int:
         acc = ids[0]
@@ -106,14 +100,8 @@ def reassociate(prog: Program) -> Program:
                 if out[new_id[n.id]].shape != n.shape:   # never expected: keep the original
                     raise AssertionError("reassociation changed a shape")
                 continue
-        new_id[n.id] = len(out)
-        out.append(replace(n, id=len(out), args=tuple(new_id[a] for a in n.args)))
-        new_dep[new_id[n.id]] = dep[n.id]
-    if len(out) == len(nodes) and all(o == n for o, n in zip(out, nodes)):
-        return prog
-    remap = lambda pairs: tuple((k, new_id[i]) for k, i in pairs)  # noqa: E731
-    return Program(tuple(out), remap(prog.inputs), remap(prog.states), remap(prog.params),
-                   tuple(new_id[i] for i in prog.next_states), tuple(new_id[i] for i in prog.outputs))
+        pw.keep(n)
+    return pw.program()
 
 
 class ReassociateSums:

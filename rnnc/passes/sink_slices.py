@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..cells.lang import Node, Program, state_dependent
+from ..cells.lang import Node, Program, ProgramWriter, state_dependent
 from ..ir.graph import Cell, Graph
 from .manager import PassResult, map_custom_cells
 
@@ -49,6 +49,9 @@ def sink(prog: Program) -> Program:
         width = g.shape[-1]
         if g.id in used_outside or len(g.shape) != 2:
             return None
+        c = nodes[g.args[2]]
+        if c.batched and consumers.get(c.id) != [g.id]:
+            return None   # the step reads the full projection elsewhere too: slicing would compute it twice
         out: dict[int, tuple[int, int]] = {}
         for cid in consumers.get(g.id, []):
             c = nodes[cid]
@@ -70,12 +73,8 @@ def sink(prog: Program) -> Program:
         return prog
     replaced = {cid: (g, cols) for g, r in targets.items() for cid, cols in r.items()}
 
-    out: list[Node] = []
-    new_id: dict[int, int] = {}
-
-    def add(op: str, args: tuple[int, ...], shape: tuple[int, ...], **attrs) -> int:
-        out.append(Node(len(out), op, args, tuple(sorted(attrs.items())), shape))
-        return len(out) - 1
+    pw = ProgramWriter(prog)
+    out, new_id, add = pw.nodes, pw.new_id, pw.add
 
     def cols(i: int, lo: int, hi: int, width: int) -> int:
         """Columns lo:hi of the (already emitted, state-free) value i: pushed into its
@@ -109,11 +108,8 @@ def sink(prog: Program) -> Program:
             continue
         if n.op == "split" and n.args[0] in targets:
             continue                                      # every pick is replaced
-        new_id[n.id] = len(out)
-        out.append(replace(n, id=len(out), args=tuple(new_id[a] for a in n.args)))
-    remap = lambda pairs: tuple((k, new_id[i]) for k, i in pairs)  # noqa: E731
-    return Program(tuple(out), remap(prog.inputs), remap(prog.states), remap(prog.params),
-                   tuple(new_id[i] for i in prog.next_states), tuple(new_id[i] for i in prog.outputs))
+        pw.keep(n)
+    return pw.program()
 
 
 class SinkSlices:
@@ -124,5 +120,10 @@ class SinkSlices:
 
 
 def _cell(c: Cell) -> Cell:
-    prog = sink(c.step_program)
+    prog = c.step_program
+    while True:     # to a fixed point: a slice of a slice sinks in turn
+        nxt = sink(prog)
+        if nxt is prog:
+            break
+        prog = nxt
     return c if prog is c.step_program else replace(c, lowered=prog)
