@@ -166,14 +166,16 @@ def run_cells(layer: Layer, w: dict, xs: list[np.ndarray], mask: np.ndarray | No
     return seq, prev, states
 
 
+def _first_states(layer: Layer, env: dict) -> list[np.ndarray]:
+    """The states a layer starts from: carried (stateful), else its initial_state, else none."""
+    return [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()] or [env[r] for r in layer.initial_state]
+
+
 def _recurrent_layer(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     if layer.kind == "Bidirectional":
         return _bidirectional(layer, w, env)
-    init = [env[r] for r in layer.initial_state] or None
-    if layer.stateful:
-        init = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()]
     xs = [np.asarray(env[r], dtype=np.float64) for r in layer.inputs]
-    seq, last, states = run_cells(layer, w, xs, _mask(layer, env), init,
+    seq, last, states = run_cells(layer, w, xs, _mask(layer, env), _first_states(layer, env) or None,
                                   zero_output_for_mask=layer.config["zero_output_for_mask"])
     ys = seq if layer.config["return_sequences"] else last
     out = dict(zip(layer.main_ports, ys))
@@ -189,8 +191,7 @@ def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     x, mask = _x(layer, env), _mask(layer, env)
     seqs = fwd.config["return_sequences"]
     results = {}
-    # the halves' first states (forward's, then backward's): carried, or initial_state
-    carried = [env[Ref(name, "input")] for _, name, _, _ in layer.state_io()] or [env[r] for r in layer.initial_state]
+    carried = _first_states(layer, env)            # the forward half's, then the backward half's
     n_fwd = len(fwd.states)
     for half, init in ((fwd, carried[:n_fwd]), (bwd, carried[n_fwd:])):
         hw = {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith(half.name + "/")}

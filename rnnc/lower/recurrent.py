@@ -138,16 +138,18 @@ def time_major(ctx: LowerCtx, x: str, rank: int) -> str:
     return ctx.transpose(x, [1, 0, *range(2, rank)])
 
 
-def _initial(ctx: LowerCtx, layer: Layer) -> list[str] | None:
-    return [ctx.env[r] for r in layer.initial_state] or None
+def _first_states(ctx: LowerCtx, layer: Layer) -> list[str]:
+    """The states a layer starts from: carried (stateful: the graph inputs `<layer>/<port>_in`),
+    else its initial_state, else none ([]: zeros). A Bidirectional's: the forward half's, then
+    the backward half's."""
+    return [name for _, name, _, _ in layer.state_io()] or [ctx.env[r] for r in layer.initial_state]
 
 
 def _lower(strategy: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
         seqs = layer.config["return_sequences"]
         Xs = [time_major(ctx, ctx.env[r], ctx.graph.type_of(r).rank) for r in layer.inputs]   # [T, B, ...]
-        # stateful: the carried states come in as graph inputs `<layer>/<port>_in`
-        init = [name for _, name, _, _ in layer.state_io()] or _initial(ctx, layer)
+        init = _first_states(ctx, layer) or None
         Ys, states, last = run(ctx, layer, layer.name, Xs, init=init, mask=ctx.mask(layer), need_seq=seqs,
                                zero_output=layer.config["zero_output_for_mask"], strategy=strategy)
         ys = [time_major(ctx, y, len(t.dims)) for y, t in zip(Ys, (layer.outputs[p] for p in layer.main_ports))] \
@@ -204,10 +206,8 @@ def _bidi(strategy: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
         X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
         mask = ctx.mask(layer)
-        # each half's first states: carried (stateful: graph inputs `<layer>/<half>_<port>_in`),
-        # or initial_state (the forward half's, then the backward half's), or zeros
         io = layer.state_io()
-        first = [name for _, name, _, _ in io] or _initial(ctx, layer) or []
+        first = _first_states(ctx, layer)
         n_fwd = len(layer.sublayers[0].states)
         init = {"forward": first[:n_fwd] or None, "backward": first[n_fwd:] or None}
         if strategy == "native" and fusable(layer):
