@@ -93,13 +93,18 @@ def _odd(t) -> str | None:
     return f"{t.dtype}" if t.is_complex() else None
 
 
+def _group_of(key: str) -> str:
+    """The spec layer a state_dict key belongs to: its module prefix, dots as underscores."""
+    return key.rpartition(".")[0].replace(".", "_")
+
+
 def _groups(sd: dict[str, np.ndarray], file: str, problems: list[Problem]) -> dict[str, dict[str, str]]:
     """Normalized module prefix → {param name: full key}."""
     out: dict[str, dict[str, str]] = {}
     origin: dict[str, str] = {}
     for key in sd:
         prefix, _, param = key.rpartition(".")
-        norm = prefix.replace(".", "_")
+        norm = _group_of(key)
         if norm in origin and origin[norm] != prefix:
             problems.append(Problem(f"modules {origin[norm]!r} and {prefix!r} both map to spec layer {norm!r}", file=file))
         origin[norm] = prefix
@@ -308,11 +313,10 @@ def torch_weights_for_graph(path: str | Path, graph: Graph) -> dict[str, np.ndar
     for layer in graph.layers.values():
         m.layer(layer)
     unused = [k for k in m.sd if k not in m.used and k.rpartition(".")[2] not in IGNORED
-              and k.rpartition(".")[0].replace(".", "_") not in m.failed_groups]
+              and _group_of(k) not in m.failed_groups]
     if unused:
         hint = (" (`_reverse` keys: wrap the spec layer in Bidirectional)"
-                if any("_reverse" in k and k.rpartition(".")[0].replace(".", "_") not in m.bidirectional_groups
-                       for k in unused) else "")
+                if any("_reverse" in k and _group_of(k) not in m.bidirectional_groups for k in unused) else "")
         m.err(f"{len(unused)} state_dict entr(y/ies) match no spec layer: {', '.join(unused)}{hint}")
     if m.problems:
         raise WeightsError(problems=m.problems)
