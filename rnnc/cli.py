@@ -1,7 +1,12 @@
 """The command line: rnnc compile | check | summary | inspect | run | import.
 
-Every user error prints one clear message (no traceback; --debug shows it) and exits 2,
-with nothing written."""
+Every user error (an RnncError) prints one clear message (no traceback; --debug shows it)
+and exits 2, with nothing written. A bug in rnnc (an InternalError, or any other exception)
+exits 1 and says that it is a bug.
+
+Imports: the modules that import onnx or onnxruntime (the pipeline, emit, inspect, runtime)
+are imported inside the commands that need them, so that `rnnc --help` and `--version` stay
+fast; everything else is imported here."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import InputError, ModelFileError, RnncError
+from ._version import __version__
+from .errors import InputError, InternalError, ModelFileError, RnncError
+from .importers import commands as import_commands
+from .ir.printer import summary
+from .weights import save_npz
 
 EXIT_USER = 2
 EXIT_INTERNAL = 1
+REPORT_BUGS = "please report it to the rnnc maintainers with the spec and the command line"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,11 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                         "onnx.reference also implements")
     c.add_argument("--strict-gpu", action="store_true",
                    help="where CUDA is present, fail (and write nothing) if ONNX Runtime would put any node on the CPU")
-    from .importers.commands import VERIFY_HELP, WEIGHTS_FROM, add_import_parser
-    c.add_argument("--weights-from", choices=WEIGHTS_FROM, default="rnnc",
+    c.add_argument("--weights-from", choices=import_commands.WEIGHTS_FROM, default="rnnc",
                    help="what --weights is: rnnc (default: .npz/.safetensors with rnnc's keys), keras (a .weights.h5 "
                         "or .keras file) or torch (a state_dict saved with torch.save, loaded with weights_only=True)")
-    c.add_argument("--verify", action="store_true", help=VERIFY_HELP)
+    c.add_argument("--verify", action="store_true", help=import_commands.VERIFY_HELP)
 
     for name, text in (("check", "validate a spec (nothing is written)"), ("summary", "print a Keras-like summary")):
         s = sub.add_parser(name, parents=[common], help=text)
@@ -73,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--png", metavar="FILE", help="draw the lowered graph as PNG (needs Graphviz)")
     i.add_argument("--weights", help="weights for a spec (.npz or .safetensors)")
     i.add_argument("--target", choices=("ort", "portable"), default="ort", help="target for a spec (default ort)")
-    add_import_parser(sub, common)
+    import_commands.add_import_parser(sub, common)
     return p
 
 
@@ -93,23 +101,28 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # noqa: BLE001 - a bug in rnnc, not in the user's input
+    except Exception as e:  # noqa: BLE001 - InternalError or anything else: a bug in rnnc, not in the input
         if args.debug:
             traceback.print_exc()
-        print(f"internal error: {type(e).__name__}: {e}\n(this is a bug in rnnc; run with --debug for the traceback)",
-              file=sys.stderr)
+        print(internal_error_report(e, debug=args.debug), file=sys.stderr)
         return EXIT_INTERNAL
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from .importers.commands import cmd_import as run
+def internal_error_report(e: BaseException, *, debug: bool = False) -> str:
+    """What the CLI prints for a bug in rnnc (exit code 1): the error, that it is a bug, how
+    to see the traceback, and where to report it."""
+    what = str(e) if isinstance(e, InternalError) else f"{type(e).__name__}: {e}"
+    hint = "the traceback is above" if debug else "rerun with --debug for the traceback"
+    return f"internal error: {what}\n(this is a bug in rnnc, not in your input; {hint}; {REPORT_BUGS})"
 
-    return run(args)
+
+def cmd_import(args: argparse.Namespace) -> int:
+    return import_commands.cmd_import(args)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    # lazy (onnx): see the module docstring
     from .emit import save_atomic
-    from .importers.commands import compile_with
     from .pipeline import compile_spec
 
     out = Path(args.output)
@@ -117,7 +130,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise RnncError(f"-o {out}: expected a file name ending in .onnx")
     if not out.parent.exists():
         raise RnncError(f"-o {out}: folder {out.parent} does not exist")
-    c = compile_with(args, compile_spec)    # --weights-from keras|torch and --verify: rnnc/importers
+    # --weights-from keras|torch and --verify: rnnc/importers
+    c = import_commands.compile_with(args, compile_spec)
     if args.strict_gpu:                     # checked before writing: on error nothing is written
         sess = _strict_session(c.model, "auto", str(out))
         if sess.fallback:
@@ -136,6 +150,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    # lazy (onnx): see the module docstring
     from .pipeline import prepare
 
     graph, _ = prepare(args.spec, weights=args.weights)
@@ -147,7 +162,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .ir.printer import summary
+    # lazy (onnx): see the module docstring
     from .pipeline import prepare
 
     graph, _ = prepare(args.spec, weights=args.weights)
@@ -227,7 +242,7 @@ def _run_chunked(sess, feeds: dict[str, np.ndarray], chunk: int) -> dict[str, np
         raise InputError(f"--chunk: the inputs' time lengths differ: {sorted(steps)}")
     total = steps.pop()
     time_dims = {sess.input_spec(n)[1][1] for n in timed}
-    out_dims = {o.name: list(o.shape) for o in sess._sess.get_outputs()}
+    out_dims = {name: sess.output_spec(name)[1] for name in sess.output_names}
     parts: dict[str, list[np.ndarray]] = {}
     n_chunks = -(-total // chunk)
     for i, start in enumerate(range(0, total, chunk)):
@@ -242,8 +257,8 @@ def _run_chunked(sess, feeds: dict[str, np.ndarray], chunk: int) -> dict[str, np
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # lazy (onnxruntime): see the module docstring
     from .runtime import Session
-    from .weights import save_npz
 
     if not Path(args.model).is_file():
         raise ModelFileError(f"model file not found: {args.model}")
@@ -279,8 +294,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _strict_session(model, providers: str, where: str):
     """A Session with strict_gpu; its refusal gets the nodes `inspect` predicts on the CPU, and why."""
-    from .runtime import Session
-    from .runtime.session import StrictGpuError
+    # lazy (onnxruntime; onnx for inspect): see the module docstring
+    from .runtime import Session, StrictGpuError
 
     try:
         return Session(model, providers=providers, strict_gpu=True)
@@ -293,6 +308,7 @@ def _strict_session(model, providers: str, where: str):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    # lazy (onnx): see the module docstring
     from .inspect import inspect_path
     from .inspect.dot import render
 

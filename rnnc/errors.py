@@ -1,5 +1,7 @@
 """The error hierarchy. Every error a user can cause is an RnncError: the CLI prints it
-without a traceback and exits with code 2."""
+without a traceback and exits with code 2. An InternalError is a bug in rnnc, never the
+user's: it is outside the RnncError tree, so code that accepts a clean refusal (an
+RnncError) never accepts it; the CLI exits with code 1."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,3 +81,12 @@ class ModelFileError(RnncError):
     """A model or data file cannot be read."""
 
     kind = "file error"
+
+
+class InternalError(Exception):
+    """A bug in rnnc, not in the user's input: a pass that crashed, an emitted model that
+    fails onnx.checker. Deliberately not an RnncError (so `except RnncError` never swallows
+    it); the CLI reports it as a bug and exits with code 1."""
+
+    exit_code = 1
+    kind = "internal error"

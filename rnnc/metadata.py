@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from .errors import ModelFileError
+from .ir.plan import Plan, PlanError
 
 KEY = "rnnc.model"
 MAX_STATE_ELEMENTS = 1 << 31
@@ -27,7 +28,8 @@ def _dim(d: Any) -> bool:
 
 
 def parse(text: str, where: str | None = None) -> dict[str, Any]:
-    """The checked table: {name, layers, states, inputs, outputs, equal_dims}."""
+    """The checked table: {name, layers, states, inputs, outputs, equal_dims}. A layer's
+    `plan` (rnnc/ir/plan.py) must be a valid plan that agrees with its lowering and reason."""
     try:
         meta = json.loads(text)
     except (ValueError, RecursionError):
@@ -44,6 +46,13 @@ def parse(text: str, where: str | None = None) -> dict[str, Any]:
                 and isinstance(l.get("outputs", {}), dict) and isinstance(l.get("params", 0), int)
                 and isinstance(l.get("reason", ""), str) and isinstance(l.get("lowering", ""), (str, type(None)))):
             raise _fail(where, f"layer {i} is not a {{name, kind, config, inputs, ...}} record")
+        if l.get("plan") is not None:
+            try:
+                plan = Plan.from_json(l["plan"])
+            except PlanError as e:
+                raise _fail(where, f"layer {l['name']!r}: its plan: {e}") from None
+            if plan.strategy != l.get("lowering") or plan.reason != l.get("reason", ""):
+                raise _fail(where, f"layer {l['name']!r}: its lowering and reason disagree with its plan")
         if l["kind"] == "Embedding":
             n = l.get("config", {}).get("input_dim")
             if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):

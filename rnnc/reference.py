@@ -1,6 +1,8 @@
 """A NumPy interpreter of the IR: the test oracle for every lowering. It follows Keras 3's
-inference semantics directly (SEMANTICS.md) and shares nothing with rnnc/lower/ but the
-cell equations in rnnc/cells/. Computes in float64, returns float32."""
+inference semantics directly (docs/semantics.md) and shares nothing with rnnc/lower/ but the
+cell equations in rnnc/cells/ and the decisions rnnc/ir/build.py records in the IR (each
+layer's Recurrence, input masks and merged-mask rule); the arithmetic is its own. Computes in
+float64, returns float32."""
 from __future__ import annotations
 
 import numpy as np
@@ -84,7 +86,7 @@ def _merge(layer, w, env):
     elif k == "Multiply":
         # Keras 3: a masked input counts as 1 at its masked steps; with every input masked,
         # the product is zeroed where no input is unmasked
-        masks = [None if m is None else np.asarray(env[m], dtype=bool)[..., None] for m in layer.config["input_masks"]]
+        masks = [None if m is None else np.asarray(env[m], dtype=bool)[..., None] for m in layer.input_masks]
         y = np.ones_like(xs[0])
         for v, m in zip(xs, masks):
             y = y * (v if m is None else np.where(m, v, 1.0))
@@ -93,13 +95,13 @@ def _merge(layer, w, env):
     else:
         y = sum(xs[1:], xs[0]) / len(xs)
     out = {"output": y}
-    if "mask" in layer.outputs:
-        masks = [None if m is None else np.asarray(env[m], dtype=bool) for m in layer.config["input_masks"]]
-        if k == "Concatenate":   # Keras: broadcast each mask over its input (none: all true), concat, any(-1)
+    if layer.mask_merge is not None:
+        masks = [None if m is None else np.asarray(env[m], dtype=bool) for m in layer.input_masks]
+        if layer.mask_merge == "concat":   # each mask broadcast over its input (none: all true), concat, any(-1)
             full = [np.ones(x.shape, bool) if m is None else np.broadcast_to(m[..., None], x.shape)
                     for m, x in zip(masks, xs)]
             out["mask"] = np.any(np.concatenate(full, axis=layer.config["axis"]), axis=-1)
-        else:                    # Keras: the OR of the masks
+        else:                              # "or": the OR of the masks
             out["mask"] = np.logical_or.reduce(masks)
     return out
 
@@ -130,11 +132,13 @@ def _cell_steppers(layer: Layer, w: dict) -> list:
 
 
 def run_cells(layer: Layer, w: dict, xs: list[np.ndarray], mask: np.ndarray | None,
-              init: list[np.ndarray] | None, *, zero_output_for_mask: bool = False
-              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Keras's RNN loop over time. Returns (sequences in processing order, last outputs, states)."""
-    cfg = layer.config
-    if cfg["go_backwards"]:
+              init: list[np.ndarray] | None) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Keras's RNN loop over time, as the (half-)layer's Recurrence says. Returns (sequences
+    in processing order, last outputs, states)."""
+    rec = layer.recurrence
+    assert rec is not None
+    zero_output_for_mask = rec.zero_output_for_mask
+    if rec.go_backwards:
         xs = [x[:, ::-1] for x in xs]
         mask = None if mask is None else mask[:, ::-1]
     batch, steps = xs[0].shape[0], xs[0].shape[1]
@@ -175,8 +179,7 @@ def _recurrent_layer(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     if layer.kind == "Bidirectional":
         return _bidirectional(layer, w, env)
     xs = [np.asarray(env[r], dtype=np.float64) for r in layer.inputs]
-    seq, last, states = run_cells(layer, w, xs, _mask(layer, env), _first_states(layer, env) or None,
-                                  zero_output_for_mask=layer.config["zero_output_for_mask"])
+    seq, last, states = run_cells(layer, w, xs, _mask(layer, env), _first_states(layer, env) or None)
     ys = seq if layer.config["return_sequences"] else last
     out = dict(zip(layer.main_ports, ys))
     for port, s in zip(layer.state_ports, states):
@@ -195,11 +198,10 @@ def _bidirectional(layer: Layer, w: dict, env: dict) -> dict[str, np.ndarray]:
     n_fwd = len(fwd.states)
     for half, init in ((fwd, carried[:n_fwd]), (bwd, carried[n_fwd:])):
         hw = {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith(half.name + "/")}
-        # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
-        seq, last, states = run_cells(half, hw, [x], mask, init or None, zero_output_for_mask=seqs)
+        seq, last, states = run_cells(half, hw, [x], mask, init or None)
         y = seq[0] if seqs else last[0]
-        if seqs and half is bwd:
-            y = y[:, ::-1]    # Keras flips the backward half's sequence, never the forward half's
+        if seqs and half.recurrence.reverse_output:
+            y = y[:, ::-1]
         results[half.name] = (y, states)
     (yf, sf), (yb, sb) = results["forward"], results["backward"]
     mode = layer.config["merge_mode"]

@@ -10,10 +10,13 @@ import zipfile
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
+
+# the test extras (keras on its torch backend, h5py): without them this module skips
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+pytest.importorskip("h5py")
 from helpers import TOL, run_ort  # noqa: E402
 
 import rnnc  # noqa: E402
@@ -25,7 +28,8 @@ from rnnc.ir import build_graph  # noqa: E402
 from rnnc.spec import load_spec_text  # noqa: E402
 
 L = keras.layers
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.keras, pytest.mark.torch,
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 B, T, F = 3, 6, 3
 MASK = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1]], dtype=bool)  # right, left+hole
 

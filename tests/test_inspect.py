@@ -167,8 +167,11 @@ def test_json_fields_exact(tmp_path):
     assert data["outputs"] == [{"name": "dense", "dtype": "float32", "shape": ["batch", 10]}]
     assert [l["name"] for l in data["layers"]] == ["embedding", "lstm", "dense"]
     lstm = data["layers"][1]
-    assert list(lstm) == ["name", "kind", "lowering", "lowered_as", "reason", "notes", "params", "inputs", "outputs",
-                          "ops", "node_count", "nodes", "placement"]
+    assert list(lstm) == ["name", "kind", "lowering", "plan", "lowered_as", "reason", "notes", "params", "inputs",
+                          "outputs", "ops", "node_count", "nodes", "placement"]
+    assert lstm["plan"] == {"strategy": "native", "requested": "auto", "time_loop": None, "scan_free": False,
+                            "native_ops": ["LSTM"], "fused": False, "per_half": False, "masked": False,
+                            "unroll_steps": None, "why": ""}
     assert {k: lstm[k] for k in ("name", "kind", "lowering", "lowered_as", "reason", "notes", "params", "inputs",
                                  "outputs")} == {
         "name": "lstm", "kind": "LSTM", "lowering": "native", "lowered_as": "native LSTM",
@@ -474,3 +477,51 @@ def test_strict_gpu_without_cuda_is_not_an_error(tmp_path, monkeypatch, cuda_lis
     assert sess.strict_gpu is False and "could not start" in sess.fallback
     assert cli_main(["run", str(path), "--random", "--strict-gpu", "--repeat", "1"]) == 0
     assert "provider: CPUExecutionProvider (CUDAExecutionProvider is listed" in capsys.readouterr().out
+
+
+PLAN_CASES = {
+    # spec layer(s) after the input -> the plan fields inspect must show for the last layer
+    "native": ("  - {type: GRU, units: 3}\n", dict(strategy="native", native_ops=["GRU"], fused=False, masked=False)),
+    "stacked": ("  - {type: RNN, cell: [{type: LSTMCell, units: 3}, {type: SimpleRNNCell, units: 2}]}\n",
+                dict(strategy="native", native_ops=["LSTM", "RNN"])),
+    "fused": ("  - {type: Bidirectional, layer: {type: LSTM, units: 3}}\n",
+              dict(strategy="native", native_ops=["LSTM"], fused=True, per_half=False)),
+    "per_half": ("  - {type: Bidirectional, layer: {type: LSTM, units: 3}, backward_layer: "
+                 "{type: GRU, units: 3, go_backwards: true}}\n",
+                 dict(strategy="native", native_ops=["LSTM", "GRU"], fused=False, per_half=True)),
+    "masked_native": ("  - {type: Masking}\n  - {type: LSTM, units: 3}\n",
+                      dict(strategy="native", masked=True, time_loop="scan")),
+    "loop": ("  - {type: SimpleRNN, units: 3, activation: gelu}\n",
+             dict(strategy="loop", time_loop="scan", scan_free=False, why="activation 'gelu' has no form in ONNX's RNN op")),
+    "requested_loop": ("  - {type: LSTM, units: 3, lowering: loop}\n",
+                       dict(strategy="loop", requested="loop", time_loop="scan", why="requested")),
+    "unroll": ("  - {type: GRU, units: 3, unroll: true}\n", dict(strategy="unroll", unroll_steps=5, time_loop=None)),
+    "plain": ("  - {type: Dense, units: 3}\n", dict(strategy="plain", requested=None, native_ops=[])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLAN_CASES))
+def test_inspect_json_carries_each_layers_plan(case, tmp_path):
+    layers, want = PLAN_CASES[case]
+    spec = tmp_path / "m.yaml"
+    spec.write_text("rnnc: 1\ninputs: {x: {shape: [batch, 5, 4]}}\nlayers:\n" + layers)
+    out = tmp_path / "m.onnx"
+    assert rnnc_cli("compile", spec, "-o", out).returncode == 0
+    r = rnnc_cli("inspect", out, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    layer = json.loads(r.stdout)["layers"][-1]
+    assert {k: layer["plan"][k] for k in want} == want
+    assert layer["lowering"] == want["strategy"]
+
+
+def test_inspect_refuses_a_damaged_plan(tmp_path):
+    out = tmp_path / "lc.onnx"
+    assert rnnc_cli("compile", SPECS / "lstm_classifier.yaml", "-o", out).returncode == 0
+    m = onnx.load(out)
+    prop = next(p for p in m.metadata_props if p.key == "rnnc.model")
+    meta = json.loads(prop.value)
+    meta["layers"][1]["plan"]["native_ops"] = ["Conv"]
+    prop.value = json.dumps(meta)
+    onnx.save(m, out)
+    r = rnnc_cli("inspect", out)
+    assert r.returncode == 2 and "plan" in r.stderr and "Traceback" not in r.stderr

@@ -9,10 +9,13 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import pytest  # noqa: E402
+
+# the test extras: keras on its torch backend; without them this module skips
+pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
 from helpers import RNN_OPS, TOL, assert_close, op_counts, run_onnx_reference, run_ort, time_loops  # noqa: E402
 
 import rnnc  # noqa: E402
@@ -21,7 +24,8 @@ from rnnc.spec import load_spec_text  # noqa: E402
 
 assert keras.backend.backend() == "torch", "these tests run Keras on its torch backend"
 # torch tensors' __array__ predates NumPy 2's copy keyword; Keras's conversions warn on every call.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.keras, pytest.mark.torch,
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 
 B, T, F = 3, 6, 3                      # batch, time, features
 UNITS = {"LSTM": 4, "GRU": 5, "SimpleRNN": 6}
@@ -78,7 +82,7 @@ def randomize(model: keras.Model, seed: int) -> None:
 
 
 def export_weights(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights under rnnc's names (SPEC.md, "Weights")."""
+    """The model's weights under rnnc's names (docs/spec.md, "Weights")."""
     out: dict[str, np.ndarray] = {}
 
     def put(prefix: str, obj) -> None:

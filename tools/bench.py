@@ -13,6 +13,8 @@ masked:   Masking + LSTM: the native op with sequence_lens (right-padded batch),
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ import onnxruntime as ort
 import yaml
 
 import rnnc
+from rnnc.cells.gates import permute_gates
 from rnnc.spec import load_spec_text
 
 
@@ -46,12 +49,11 @@ def rounds(models: dict[str, bytes], feeds: dict, repeat: int, threads: int, n: 
     """Median time per variant over `n` rounds. Only one session lives at a time (an idle
     session's thread pool spins and would steal the cores from the one being timed), and the
     rounds interleave the variants so that drift on a shared machine hits them alike."""
-    import gc
     times: dict[str, list[float]] = {k: [] for k in models}
     for r in range(n + 1):
         for k, m in models.items():
             s = ort.InferenceSession(m, options(threads), providers=["CPUExecutionProvider"])
-            t = median_time(lambda: s.run(None, feeds), repeat)
+            t = median_time(functools.partial(s.run, None, feeds), repeat)
             if r:                       # round 0 only warms up (CPU clocks, allocator, caches)
                 times[k].append(t)
             del s
@@ -71,7 +73,7 @@ def bench_stateful(repeat: int, threads: int) -> None:
     states = {"lstm/state_h_in": np.zeros((20, 64), np.float32), "lstm/state_c_in": np.zeros((20, 64), np.float32)}
 
     def by_hand():
-        y, h, cc = plain.run(None, {"x": x, **states})
+        _, h, cc = plain.run(None, {"x": x, **states})
         states["lstm/state_h_in"], states["lstm/state_c_in"] = h, cc
 
     # interleave the two, several rounds, so drift on a shared machine hits both alike; the
@@ -102,8 +104,6 @@ def custom_lstm(inp: int, units: int) -> str:
 def bench_loop(repeat: int, threads: int) -> None:
     """Native LSTM op vs the Loop: RNN(LSTMCell) without and with the hoisted input projection,
     and the same LSTM written as a custom cell in the step language (hoisted by the pass)."""
-    from rnnc.cells.gates import permute_gates
-
     shapes = [(64, 100, 256, 512), (64, 28, 28, 64)]
     for batch, steps, inp, units in shapes:
         head = f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\n"

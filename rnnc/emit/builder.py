@@ -3,8 +3,9 @@ Node names are prefixed by the layer that emitted them (`lstm/LSTM`), which read
 in Netron and lets `inspect` group nodes by layer."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ DTYPES = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": Ten
 
 
 class GraphBuilder:
-    def __init__(self, *, parent: "GraphBuilder | None" = None):
+    def __init__(self, *, parent: GraphBuilder | None = None):
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.parent = parent

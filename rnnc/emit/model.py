@@ -4,23 +4,36 @@ atomic write."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import helper
 
-from .. import __version__
-from ..errors import RnncError
+from .._version import __version__
+from ..errors import InternalError
 from ..fileio import write_atomic
 from ..ir.graph import Graph
+from ..ir.types import Ref
 from .builder import GraphBuilder, value_info
 
 MIN_OPSET = 18   # Split(num_outputs), ReduceMax/ReduceSum with axes as input
 
 
-def assemble(graph: Graph, b: GraphBuilder, env: dict, facts: dict[str, dict], *, opset: int, ir_version: int,
-             target: str, state_outputs: dict[str, str]) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class LoweredGraph:
+    """What rnnc/lower/ hands to assemble: the tensor of every IR reference, the ONNX ops
+    each layer emitted (for the metadata), and each carried state's output name -> tensor."""
+
+    env: dict[Ref, str]
+    nodes: dict[str, list[str]]
+    state_outputs: dict[str, str]
+
+
+def assemble(graph: Graph, b: GraphBuilder, lowered: LoweredGraph, *, opset: int, ir_version: int,
+             target: str) -> onnx.ModelProto:
+    env, state_outputs = lowered.env, lowered.state_outputs
     nodes = list(b.nodes)
     outputs = []
     for out in graph.outputs:
@@ -42,23 +55,26 @@ def assemble(graph: Graph, b: GraphBuilder, env: dict, facts: dict[str, dict], *
     meta = {
         "rnnc.version": __version__,
         "rnnc.target": target,
-        "rnnc.model": json.dumps(metadata(graph, facts)),
+        "rnnc.model": json.dumps(metadata(graph, lowered.nodes)),
     }
     for k, v in meta.items():
         helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
     return model
 
 
-def metadata(graph: Graph, facts: dict[str, dict]) -> dict[str, Any]:
+def metadata(graph: Graph, nodes: dict[str, list[str]]) -> dict[str, Any]:
+    """The layer table stored in the model (read back by rnnc/metadata.py): each layer's
+    plan as data, and the sentence generated from it."""
     layers = []
     for layer in graph.layers.values():
         layers.append({
             "name": layer.name, "kind": layer.kind, "lowering": layer.lowering, "reason": layer.reason,
+            "plan": layer.plan.to_json() if layer.plan else None,
             "config": {k: v for k, v in layer.config.items() if isinstance(v, (int, float, str, bool, type(None)))},
             "notes": list(layer.notes), "params": layer.param_count(),
             "outputs": {p: [str(d) if isinstance(d, str) else d for d in t.dims] for p, t in layer.outputs.items()},
             "inputs": [str(r) for r in layer.inputs],
-            "nodes": facts.get(layer.name, {}).get("nodes", []),
+            "nodes": nodes.get(layer.name, []),
         })
     states = [{"layer": l.name, "port": port, "input": i, "output": o, "dims": list(d)}
               for l in graph.layers.values() for port, i, o, d in l.state_io()]
@@ -71,7 +87,7 @@ def check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:   # a compiler bug, never the user's
-        raise RnncError(f"internal error: the emitted model fails onnx.checker: {e}") from e
+        raise InternalError(f"the emitted model fails onnx.checker: {e}") from e
 
 
 def save_atomic(model: onnx.ModelProto, path: str | Path) -> None:

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RnncError
+from ..ir import build_graph
+from ..spec import load_spec
 from .common import Imported, output_paths, write_imported
+from .keras_file import import_keras, import_keras_weights, keras_weights_for_graph
+from .torch_state import torch_weights_for_graph
+from .torch_verify import verify_torch
+from .verify import VerifyUnavailable, verify_keras
 
 WEIGHTS_FROM = ("rnnc", "keras", "torch")
 
@@ -17,7 +23,7 @@ keras MODEL.keras -o SPEC.yaml: the spec (architecture) and SPEC.npz (weights) f
 read as data (zip, JSON, HDF5): Keras need not be installed and nothing in the file is executed.
 keras MODEL.weights.h5 --spec SPEC.yaml -o OUT.yaml: a Keras .weights.h5 (model.save_weights) mapped onto
 your spec by layer name. torch MODEL.pt --spec SPEC.yaml -o OUT.yaml: a PyTorch state_dict mapped onto your
-spec (see SPEC.md / README: "Importing")."""
+spec (see docs/spec.md / README: "Importing")."""
 
 VERIFY_HELP = ("also run the source framework and ONNX Runtime on the same random input and print the max "
                "difference (nothing is written if it is above 1e-4). Keras: loads the .keras file with "
@@ -43,8 +49,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         if model.name.endswith(".weights.h5") or model.suffix == ".h5":
             raise RnncError(f"{model}: a weights file holds no architecture: pass the spec it belongs to with "
                             "--spec SPEC.yaml (or import the .keras file)")
-        from .keras_file import import_keras
-
         imp = import_keras(model, spec_file=Path(args.output).name)
     else:
         if args.spec is None:
@@ -62,9 +66,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _onto_spec(framework: str, model: Path, spec_path: Path) -> Imported:
+    # lazy: the pipeline imports onnx, and `rnnc --help` loads this module
     from ..pipeline import compile_spec
-    from ..spec import load_spec
-    from .keras_file import import_keras_weights
 
     if framework == "keras":
         return import_keras_weights(model, spec_path)
@@ -75,15 +78,9 @@ def _onto_spec(framework: str, model: Path, spec_path: Path) -> Imported:
 
 def weights_for_spec(spec: Any, path: str, source: str) -> dict:
     """`--weights-from keras|torch`: the file's weights under the spec's keys."""
-    from ..ir import build_graph
-
     graph = build_graph(spec)
     if source == "keras":
-        from .keras_file import keras_weights_for_graph
-
         return keras_weights_for_graph(path, graph)
-    from .torch_state import torch_weights_for_graph
-
     return torch_weights_for_graph(path, graph)
 
 
@@ -91,7 +88,7 @@ def compile_with(args: argparse.Namespace, compile_spec: Any) -> Any:
     """rnnc compile's weights: the spec's own (`rnnc`), or mapped from Keras / PyTorch."""
     source = getattr(args, "weights_from", "rnnc") or "rnnc"
     verify = getattr(args, "verify", False)
-    kw = dict(opset=args.opset, ir_version=args.ir_version, target=args.target)
+    kw = {"opset": args.opset, "ir_version": args.ir_version, "target": args.target}
     if source == "rnnc":
         if verify:
             raise RnncError("--verify needs --weights-from keras or torch: it compares with the source framework")
@@ -99,8 +96,6 @@ def compile_with(args: argparse.Namespace, compile_spec: Any) -> Any:
     if not args.weights:
         raise RnncError(f"--weights-from {source} needs --weights FILE (a "
                         + ("Keras .weights.h5 or .keras file)" if source == "keras" else "PyTorch state_dict)"))
-    from ..spec import load_spec
-
     spec = load_spec(args.spec)
     c = compile_spec(spec, weights=weights_for_spec(spec, args.weights, source), **kw)
     if verify:
@@ -109,20 +104,14 @@ def compile_with(args: argparse.Namespace, compile_spec: Any) -> Any:
 
 
 def _verify(source: str, path: str, compiled: Any) -> None:
-    from .verify import VerifyUnavailable
-
     if source == "keras" and not zipfile.is_zipfile(path):
         print("verify: not available: a .weights.h5 holds no architecture to run in Keras (verify with the "
               ".keras file)")
         return
     try:
         if source == "keras":
-            from .verify import verify_keras
-
             report = verify_keras(path, compiled)
         else:
-            from .torch_verify import verify_torch
-
             report = verify_torch(path, compiled)
     except VerifyUnavailable as e:
         print(f"verify: not available for this model: {e}")

@@ -11,6 +11,7 @@ import yaml
 
 from ..errors import RnncError
 from ..fileio import npz_writer, write_atomic
+from ..spec import load_spec_text
 
 
 class ImportProblem(RnncError):
@@ -35,8 +36,7 @@ def flow(value: Any) -> str:
     """One value in YAML flow style, quoted wherever YAML would read it as something else."""
     text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 30)
     text = text.strip()
-    if text.endswith("\n..."):           # a bare scalar gets a document end marker
-        text = text[: -len("\n...")]
+    text = text.removesuffix("\n...")   # a bare scalar gets a document end marker
     return text.removesuffix("...").strip()
 
 
@@ -71,8 +71,8 @@ def set_weights_key(spec_text: str, npz_name: str) -> str:
 def check_spec_text(text: str, weights: dict[str, np.ndarray], file: str):
     """Load and compile the imported spec in memory: every problem surfaces before anything
     is written. Returns the Compiled model."""
+    # lazy: the pipeline imports onnx, and `rnnc --help` loads this module
     from ..pipeline import compile_spec
-    from ..spec import load_spec_text
 
     return compile_spec(load_spec_text(text, file), weights=weights)
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..cells.builtin import CELL_TYPES
+from ..cells.builtin import CELLS as CELL_DEFS
 from ..errors import Problem
+from ..ir.semantics import state_ports as ir_state_ports
 from ..spec import schema as S
 
 SUPPORTED = ("Embedding", "Masking", "LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "Dense",
@@ -70,7 +73,8 @@ class LayerConverter:
                 keys.update(S.CELL_KEYS[S.CELL_OF_LAYER[cls]])
             if inner:
                 # Keras's Bidirectional forces zero_output_for_mask = return_sequences on both
-                # halves; rnnc's Bidirectional does the same.
+                # halves, whatever the layer says: rnnc's IR decides it the same way
+                # (rnnc.ir.semantics.bidirectional_zero_output), so the key is not carried.
                 handled.add("zero_output_for_mask")
         keys.pop("initial_state", None)
         keys.pop("lowering", None)
@@ -192,13 +196,8 @@ def _cell_list(entry: dict) -> list[dict]:
 
 
 def state_ports(entry: dict) -> list[str]:
-    """rnnc's state ports of a recurrent spec layer (rnnc/ir/build.py: _state_ports)."""
-    cells = _cell_list(entry)
-    out = []
-    for i, c in enumerate(cells):
-        suffix = f"_{i}" if len(cells) > 1 else ""
-        out += [f"state_h{suffix}", f"state_c{suffix}"] if c["type"] == "LSTMCell" else [f"state{suffix}"]
-    return out
+    """rnnc's state ports of a recurrent spec layer, as the IR names them."""
+    return ir_state_ports([CELL_DEFS[CELL_TYPES[c["type"]]].state_names for c in _cell_list(entry)])
 
 
 def ports(entry: dict) -> list[str]:

@@ -17,12 +17,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
+
 from ..errors import Problem, SpecError
 from .common import ImportProblem, Imported, check_spec_text, render_spec
 from .keras_config import RECURRENT, LayerConverter, ports
 from .keras_config import tensors as _tensors
 from .keras_h5 import open_h5, weights_from_h5
-from .keras_masks import check_masks
+from .keras_masks import MaskFacts, check_masks
 
 MAX_JSON = 64 << 20
 SPEC_DTYPES = ("float32", "int32", "int64")
@@ -223,6 +225,10 @@ class ModelConverter:
         self._toposort()
         self._drop_implicit_inputs()
 
+    def mask_facts(self) -> MaskFacts:
+        return MaskFacts(self.file, tuple((l["name"], l["type"]) for l in self.layers), self.nodes, self.ops,
+                         self.where, self.input_of)
+
     def _toposort(self) -> None:
         """Keep Keras's order, moving a layer after the layers it reads (a spec refers back only)."""
         names = {l["name"] for l in self.layers}
@@ -232,16 +238,18 @@ class ModelConverter:
             refs = [refs] if isinstance(refs, str) else list(refs)
             return {r.partition(".")[0] for r in refs + list(l.get("initial_state", []))} & names
 
-        done: set[str] = set()
-        pending, out = list(self.layers), []
-        while pending:
-            i = next((i for i, l in enumerate(pending) if deps(l) <= done), None)
-            if i is None:
-                self.err("config.layers", "the layers form a cycle")
-                return
-            out.append(pending.pop(i))
-            done.add(out[-1]["name"])
-        self.layers = out
+        g = nx.DiGraph()
+        index = {l["name"]: i for i, l in enumerate(self.layers)}
+        g.add_nodes_from(index)
+        g.add_edges_from((d, l["name"]) for l in self.layers for d in deps(l))
+        try:
+            order = list(nx.lexicographical_topological_sort(g, key=index.__getitem__))
+        except nx.NetworkXUnfeasible:
+            cycle = [u for u, _ in nx.find_cycle(g)]
+            self.err("config.layers", f"the layers form a cycle: {' -> '.join(cycle + cycle[:1])}")
+            return
+        by_name = {l["name"]: l for l in self.layers}
+        self.layers = [by_name[n] for n in order]
 
     def ref(self, t: tuple[str, int, int], loc: str) -> str | None:
         """A Keras tensor → an rnnc reference."""
@@ -337,7 +345,7 @@ def import_keras(path: str | Path, *, spec_file: str = "model.yaml") -> Imported
         compiled = check_spec_text(text, weights, spec_file)
     except SpecError as e:
         raise _spec_problems(e, mc, file) from None
-    problems = check_masks(mc, compiled.graph)
+    problems = check_masks(mc.mask_facts(), compiled.graph)
     if problems:
         raise ImportProblem(problems=problems)
     return Imported(text, weights, compiled, list(mc.conv.notes), file)

@@ -16,7 +16,7 @@ found here by that `name` attribute, so the h5 path's numbering never matters. I
 | RNN([cells]) (stacked) | `cell/cells/<lstm_cell, gru_cell, lstm_cell_1, ...>/vars/0..2`, in cell order |
 | Bidirectional | `forward_layer/...` and `backward_layer/...`, each as its recurrent layer |
 
-Keras's names and layouts are rnnc's (SPEC.md, "Weights"), so every array is copied as is."""
+Keras's names and layouts are rnnc's (docs/spec.md, "Weights"), so every array is copied as is."""
 from __future__ import annotations
 
 import io
@@ -58,7 +58,7 @@ def _vars(group, where: str, problems: list[Problem], file: str) -> list[np.ndar
     if v is None:
         problems.append(Problem(f"{where}: no `vars` group in the weights file", file=file))
         return None
-    keys = sorted((k for k in v.keys() if isinstance(v[k], h5py.Dataset)), key=lambda k: int(k) if k.isdigit() else 1 << 30)
+    keys = sorted((k for k in v if isinstance(v[k], h5py.Dataset)), key=lambda k: int(k) if k.isdigit() else 1 << 30)
     out = []
     for k in keys:
         a = np.asarray(v[k][()])
@@ -154,7 +154,7 @@ def weights_from_h5(h5, graph: Graph, *, file: str, bn_flags: dict[str, tuple[bo
     root = h5.get("layers")
     by_name: dict[str, Any] = {}
     if root is not None:
-        for key in root.keys():
+        for key in root:
             n = _name_attr(root[key])
             if n is not None:
                 by_name[n] = root[key]

@@ -7,19 +7,17 @@ chain of keras.ops nodes: `Masking(v)` on x is `Any(NotEqual(x, v), axis=-1)`,
 same form, a set of atoms OR-ed together (None: no mask), and compared."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import Problem
 from ..ir.graph import Graph
 from ..ir.types import Ref
-from .keras_config import RECURRENT, tensors as _tensors
-
-if TYPE_CHECKING:
-    from .keras_file import ModelConverter
+from .keras_config import RECURRENT
+from .keras_config import tensors as _tensors
 
 Tensor = tuple[str, int, int]
 ALL = "all-true"
-MERGES = ("Concatenate", "Add", "Multiply", "Average")
 
 
 class _Unsupported(Exception):
@@ -34,8 +32,8 @@ def _one(v: Any) -> Tensor:
 
 
 class _KerasMasks:
-    def __init__(self, mc: "ModelConverter"):
-        self.ops = mc.ops
+    def __init__(self, ops: dict[str, tuple[str, dict, dict]]):
+        self.ops = ops
 
     def op(self, t: Tensor) -> tuple[str, dict, list]:
         if t[0] not in self.ops:
@@ -79,24 +77,22 @@ def _or(a: frozenset | str, b: frozenset | str) -> frozenset | str:
     return ALL if ALL in (a, b) else a | b  # type: ignore[operator]
 
 
-def _rnnc(mc: "ModelConverter", graph: Graph, ref: Ref | None) -> Any:
-    """The mask rnnc derives (rnnc/ir/build.py, merge), in the same form: Add, Multiply and
-    Average OR their inputs' masks and drop the mask when an input has none; Concatenate ORs
-    them with an unmasked input counting as all true."""
+def _rnnc(sources: dict[str, Tensor], graph: Graph, ref: Ref | None) -> Any:
+    """The mask the IR gives a layer, in the same form. The IR decided how each merge makes
+    its mask (Layer.mask_merge over Layer.input_masks: rnnc/ir/semantics.py); here it is only
+    written out: an unmasked input of a "concat" merge counts as all true. `sources`: the
+    Keras tensor each layer reads."""
     if ref is None:
         return None
     layer = graph.layers[ref.layer]
-    src = mc.input_of.get(layer.name)
+    src = sources.get(layer.name)
     if layer.kind == "Masking":
         return frozenset({("any_ne", src, float(layer.config["mask_value"]))})
     if layer.kind == "Embedding":
         return frozenset({("ne", src, 0.0)})
-    if layer.kind in MERGES:
-        masks = [_rnnc(mc, graph, m) for m in layer.config["input_masks"]]
-        if all(m is None for m in masks) or (layer.kind != "Concatenate" and None in masks):
-            return None
+    if layer.mask_merge is not None:
         out: frozenset | str = frozenset()
-        for m in masks:
+        for m in (_rnnc(sources, graph, r) for r in layer.input_masks):
             out = _or(out, ALL if m is None else m if isinstance(m, (frozenset, str)) else frozenset({m}))
         return None if out == ALL else out
     return ("from", ref.layer)
@@ -113,25 +109,43 @@ def describe(m: Any) -> str:
     return "the mask " + " OR ".join(parts)
 
 
-def check_masks(mc: "ModelConverter", graph: Graph) -> list[Problem]:
+@dataclass(frozen=True)
+class MaskFacts:
+    """What the check needs from a Keras model's config (rnnc/importers/keras_file.py):
+    file     the .keras file, for the problems;
+    layers   (name, spec type) of each imported layer;
+    nodes    each Keras layer's inbound node (its `kwargs` hold the mask Keras passed);
+    ops      each keras.ops node: (class, config, inbound node);
+    where    each layer's locator in the config;
+    sources  the Keras tensor each layer reads."""
+
+    file: str
+    layers: tuple[tuple[str, str], ...]
+    nodes: dict[str, dict]
+    ops: dict[str, tuple[str, dict, dict]]
+    where: dict[str, str]
+    sources: dict[str, Tensor]
+
+
+def check_masks(facts: MaskFacts, graph: Graph) -> list[Problem]:
     """A problem for each recurrent layer whose mask in Keras differs from rnnc's."""
     problems = []
-    km = _KerasMasks(mc)
-    for spec in mc.layers:
-        name = spec["name"]
-        if spec["type"] not in (*RECURRENT, "Bidirectional") or name not in mc.nodes:
+    km = _KerasMasks(facts.ops)
+    for name, kind in facts.layers:
+        if kind not in (*RECURRENT, "Bidirectional") or name not in facts.nodes:
             continue
-        tensor = (mc.nodes[name].get("kwargs") or {}).get("mask")
+        tensor = (facts.nodes[name].get("kwargs") or {}).get("mask")
         try:
             ts = _tensors(tensor)
             keras = km.canon(ts[0]) if ts else None
         except _Unsupported as e:
             problems.append(Problem(f"the mask Keras passes to this layer uses {e}, which rnnc does not reproduce",
-                                    file=mc.file, path=mc.where[name]))
+                                    file=facts.file, path=facts.where[name]))
             continue
         keras = None if keras == ALL or keras == frozenset() else keras
-        ours = _rnnc(mc, graph, graph.layers[name].mask_in)
+        ours = _rnnc(facts.sources, graph, graph.layers[name].mask_in)
         if keras != ours:
             problems.append(Problem(f"Keras passes this layer {describe(keras)}, rnnc would use "
-                                    f"{describe(ours)}: the results would differ", file=mc.file, path=mc.where[name]))
+                                    f"{describe(ours)}: the results would differ", file=facts.file,
+                                    path=facts.where[name]))
     return problems

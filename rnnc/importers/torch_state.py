@@ -98,7 +98,7 @@ def _group_of(key: str) -> str:
     return key.rpartition(".")[0].replace(".", "_")
 
 
-def _groups(sd: dict[str, np.ndarray], file: str, problems: list[Problem]) -> dict[str, dict[str, str]]:
+def module_groups(sd: dict[str, np.ndarray], file: str, problems: list[Problem]) -> dict[str, dict[str, str]]:
     """Normalized module prefix → {param name: full key}."""
     out: dict[str, dict[str, str]] = {}
     origin: dict[str, str] = {}
@@ -116,7 +116,7 @@ class _Mapper:
     def __init__(self, sd: dict[str, np.ndarray], file: str):
         self.sd, self.file = sd, file
         self.problems: list[Problem] = []
-        self.groups = _groups(sd, file, self.problems)
+        self.groups = module_groups(sd, file, self.problems)
         self.used: set[str] = set()
         self.out: dict[str, np.ndarray] = {}
         self.bidirectional_groups: set[str] = set()   # torch modules a spec Bidirectional maps

@@ -11,14 +11,15 @@ of the mapping are what is checked. Other specs: "not available", with the reaso
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from ..ir.graph import Graph, Layer
 from ..ir.types import Ref
-from .torch_state import _groups, load_state_dict
-from .verify import Report, VerifyUnavailable, _compare, random_feeds
+from .torch_state import load_state_dict, module_groups
+from .verify import Report, VerifyUnavailable, compare_outputs, random_feeds
 
 
 def _acts(F: Any, torch: Any) -> dict[str, Callable]:
@@ -33,7 +34,7 @@ class _Builder:
 
         self.torch, self.F, self.nn = torch, F, torch.nn
         self.sd = sd
-        self.groups = _groups(sd, "", [])
+        self.groups = module_groups(sd, "", [])
         self.acts = _acts(F, torch)
 
     def t(self, group: str, param: str) -> Any:
@@ -93,8 +94,8 @@ class _Builder:
                 raise VerifyUnavailable(f"no recurrent module {n!r} in the state_dict")
             group, index = m.group(1), int(m.group(2))
         c = cells[0]
-        kw: dict[str, Any] = dict(num_layers=len(cells), bias="bias" in c.params, batch_first=True,
-                                  bidirectional=bidirectional)
+        kw: dict[str, Any] = {"num_layers": len(cells), "bias": "bias" in c.params, "batch_first": True,
+                              "bidirectional": bidirectional}
         if c.kind == "SimpleRNN":
             kw["nonlinearity"] = c.config["activation"]
         module = {"LSTM": self.nn.LSTM, "GRU": self.nn.GRU, "SimpleRNN": self.nn.RNN}[c.kind](c.input_size, c.units, **kw)
@@ -137,7 +138,7 @@ def verify_torch(path: str, compiled: Any, *, batch: int = 3, time: int = 7, see
         import torch
     except ImportError:
         raise VerifyUnavailable("PyTorch is not installed") from None
-    from ..runtime import Session
+    from ..runtime import Session  # lazy: onnxruntime
 
     graph = compiled.graph
     inp, layers = _plan(graph)
@@ -152,5 +153,5 @@ def verify_torch(path: str, compiled: Any, *, batch: int = 3, time: int = 7, see
     got = sess.run(feeds)
     report = Report(f"PyTorch {torch.__version__}", sizes)
     names = list(sess.output_names)
-    _compare(names, [got[n] for n in names], [x.numpy()], report)
+    compare_outputs(names, [got[n] for n in names], [x.numpy()], report)
     return report

@@ -97,7 +97,9 @@ def _pad(a: np.ndarray, value: float) -> None:
         a[2, T // 2] = value
 
 
-def _compare(names: list[str], got: list[np.ndarray], want: list[np.ndarray], report: Report, suffix: str = "") -> None:
+def compare_outputs(names: list[str], got: list[np.ndarray], want: list[np.ndarray], report: Report, suffix: str = "") -> None:
+    """Record each output's max |ONNX Runtime - source| in report.diffs (shared by the Keras
+    and PyTorch verifiers); VerifyFailed if the outputs' count or shapes differ."""
     if len(got) != len(want):
         raise VerifyFailed(f"verify: the source model gives {len(want)} outputs, the compiled model {len(got)}")
     for n, g, w in zip(names, got, want):
@@ -116,7 +118,7 @@ def verify_keras(path: str, compiled: Any, *, batch: int = 3, time: int = 7, see
         import keras
     except Exception as e:  # noqa: BLE001 - not installed, or no usable backend
         raise VerifyUnavailable(f"Keras is not usable here ({type(e).__name__}: {e})") from None
-    from ..runtime import Session
+    from ..runtime import Session  # lazy: onnxruntime
 
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -135,7 +137,7 @@ def verify_keras(path: str, compiled: Any, *, batch: int = 3, time: int = 7, see
         y = model(ordered[0] if len(ordered) == 1 else ordered, training=False)
         want = [np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(y)]
         got = sess.run(part)
-        _compare(names, [got[n] for n in names], want, report)
+        compare_outputs(names, [got[n] for n in names], want, report)
     return report
 
 

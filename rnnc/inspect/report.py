@@ -10,15 +10,17 @@ Fields (format "rnnc.inspect/1"):
   model {name, producer, ir_version, opsets, rnnc_version, target},
   inputs / outputs [{name, dtype, shape}], op_counts {op: n} (subgraphs included),
   node_count {main, all}, onnx_params (initializer elements),
-  layers [{name, kind, lowering, lowered_as, reason, notes, params, inputs, outputs,
+  layers [{name, kind, lowering, plan, lowered_as, reason, notes, params, inputs, outputs,
            ops, node_count {main, all}, nodes, placement}],
+  where plan is the layer's lowering plan as data (rnnc/ir/plan.py: strategy, requested,
+  time_loop, scan_free, native_ops, fused, per_half, masked, unroll_steps, why), or null for
+  a model written before plans were stored,
   nodes: main-graph nodes of no layer (every node for a model rnnc did not write),
   placement [{node, op, layer, in, device, why}], strict_gpu {passes, cpu_nodes, ...}.
 A node is {name, op, outputs [{name, dtype, shape}], subgraphs {attr: [node, ...]}}.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Any
 
@@ -118,7 +120,7 @@ def layer_record(root: Scope, l: dict, nodes: list[onnx.NodeProto], types: dict,
     flat = flatten(root, nodes)
     return {
         "name": l.get("name"), "kind": l.get("kind"), "lowering": l.get("lowering"),
-        "lowered_as": lowered_as(l, flat), "reason": l.get("reason", ""), "notes": list(l.get("notes", [])),
+        "plan": l.get("plan"), "lowered_as": lowered_as(l, flat), "reason": l.get("reason", ""), "notes": list(l.get("notes", [])),
         "params": l.get("params", 0), "inputs": list(l.get("inputs", [])), "outputs": dict(l.get("outputs", {})),
         "ops": dict(Counter(n.op_type for n in nodes)),
         "node_count": {"main": len(nodes), "all": len(flat)},
@@ -131,11 +133,14 @@ def lowered_as(l: dict, flat: list[tuple[onnx.NodeProto, tuple[str, ...]]]) -> s
     """What the layer became, in words: "native LSTM", "bidirectional GRU op", "Loop (ONNX Scan)",
     "unrolled (20 steps)"; masked native layers add the Loop they take for other masks."""
     lowering = l.get("lowering")
+    plan = l.get("plan") or {}
+    if lowering == "unused":
+        return "nothing (no model output depends on it)"
     if lowering in (None, "plain"):
         return "plain ONNX ops" if flat else "nothing (identity at inference)"
     if lowering == "unroll":
-        m = re.search(r"time = (\d+)", l.get("reason", ""))
-        return f"unrolled ({m.group(1)} steps)" if m else "unrolled"
+        steps = plan.get("unroll_steps")
+        return f"unrolled ({steps} steps)" if steps else "unrolled"
     loops = Counter(n.op_type for n, _ in flat if n.op_type in ("Loop", "Scan"))
     if lowering == "loop":
         n = sum(loops.values())

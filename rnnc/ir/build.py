@@ -7,11 +7,13 @@ from dataclasses import replace
 import numpy as np
 
 from ..cells.builtin import CELL_TYPES, CELLS
+from ..cells.custom import CellDefError, bind
 from ..errors import Problem, SpecError
 from ..spec.yamlsrc import format_path
 from ..spec.model import CellDecl, LayerDecl, Spec
-from ..spec.schema import CELL_OF_LAYER
-from .graph import Cell, Graph, Layer, Output
+from ..spec.schema import CELL_KEYS, CELL_OF_LAYER
+from .graph import Cell, Graph, Layer, Output, Recurrence
+from .semantics import bidirectional_zero_output, merged_mask_rule, state_ports
 from .types import Dim, Ref, TensorType
 
 MASK_PASSING = ("Dense", "Dropout", "Activation", "BatchNormalization")
@@ -278,21 +280,17 @@ class _Builder:
                                         f"{', '.join(map(str, types))}")
             out = first
         outs = {"output": out}
-        # Keras 3 (layers/merging): Add, Multiply and Average give no mask when any input has
-        # none, else the OR of the masks; Concatenate ORs the masks broadcast over the inputs
-        # (an unmasked input counts as all-true), concatenated along the axis, over the last axis.
-        present = [m for m in masks if m is not None]
+        rule = merged_mask_rule(t, [m is not None for m in masks],
+                                t != "Concatenate" or decl.config["axis"] % first.rank == first.rank - 1,
+                                len(set(masks)) == 1)
         mask_out = None
-        if t != "Concatenate" and None in masks:
-            present = []
-        same_axis_last = t != "Concatenate" or decl.config["axis"] % first.rank == first.rank - 1
-        if present and len(set(masks)) == 1 and same_axis_last:
-            mask_out = present[0]
-        elif present:
+        if rule == "passthrough":
+            mask_out = masks[0]
+        elif rule is not None:
             outs["mask"] = TensorType("bool", out.dims[:-1])
             mask_out = Ref(decl.name, "mask")
-        base = {**base, "config": {**decl.config, "input_masks": tuple(masks)}}
-        return Layer(**base, outputs=outs, mask_out=mask_out)
+        return Layer(**base, outputs=outs, mask_out=mask_out, input_masks=tuple(masks),
+                     mask_merge=rule if rule != "passthrough" else None)
 
     # -- recurrent layers ---------------------------------------------------------
     def cells_of(self, decl: LayerDecl, shapes: list[tuple]) -> tuple[Cell, ...]:
@@ -331,8 +329,6 @@ class _Builder:
         return tuple(cells)
 
     def custom_cell(self, decl: LayerDecl, cd: CellDecl, shapes: list[tuple], prefix: str) -> Cell:
-        from ..cells.custom import CellDefError, bind
-
         try:
             bound = bind(cd.type, self.spec.cells[cd.type], cd.config, [tuple(s) for s in shapes])
         except CellDefError as e:
@@ -409,8 +405,10 @@ class _Builder:
             notes += ("incoming mask not applied: Keras 3 does not pass a mask to a recurrent layer "
                       "called with initial_state",)
             mask = None
+        rec = Recurrence(go_backwards=bool(cfg["go_backwards"]), return_sequences=bool(cfg["return_sequences"]),
+                         zero_output_for_mask=bool(cfg["zero_output_for_mask"]))
         return Layer(**base, outputs=outs, params=params, initial_state=init, mask_in=mask,
-                     mask_out=mask_out, cells=cells, notes=notes, time=time, states=all_states)
+                     mask_out=mask_out, cells=cells, notes=notes, time=time, states=all_states, recurrence=rec)
 
     def initial_states(self, decl: LayerDecl, texts: tuple[str, ...], states: tuple) -> tuple[Ref, ...]:
         """`initial_state` references, checked against the states (port, dims) they start."""
@@ -456,6 +454,11 @@ class _Builder:
                              [r], [x], mask, initial=False)
         bwd = self.recurrent(back_decl, dict(base, name="backward", kind=back_decl.type, config=back_decl.config,
                                              path=back_decl.path), [r], [x], mask, initial=False)
+        # Keras 3: both halves output zeros at masked steps when the sequence is returned, and
+        # the backward half's sequence is flipped back to input order
+        zero = bidirectional_zero_output(inner.config["return_sequences"])
+        fwd = replace(fwd, recurrence=replace(fwd.recurrence, zero_output_for_mask=zero))
+        bwd = replace(bwd, recurrence=replace(bwd.recurrence, zero_output_for_mask=zero, reverse_output=True))
         if "output" not in fwd.outputs or "output" not in bwd.outputs:
             raise self.fail(decl.path + ("layer",), "Bidirectional needs a layer with one output per step: "
                             "its cell has several")
@@ -497,18 +500,11 @@ class _Builder:
 
 
 def _cell_keys(cell_type: str) -> set[str]:
-    from ..spec.schema import CELL_KEYS
     return set(CELL_KEYS[cell_type])
 
 
 def _state_ports(cells: tuple[Cell, ...]) -> list[str]:
-    """Keras's state names: LSTM state_h, state_c; GRU/SimpleRNN state. Stacked cells number them."""
-    ports = []
-    for i, c in enumerate(cells):
-        suffix = f"_{i}" if len(cells) > 1 else ""
-        for n, _ in c.states:
-            ports.append(("state" if len(c.states) == 1 else f"state_{n}") + suffix)
-    return ports
+    return state_ports([[n for n, _ in c.states] for c in cells])
 
 
 def build_graph(spec: Spec) -> Graph:

@@ -1,5 +1,5 @@
 """The IR: a graph of typed layers. Frozen dataclasses, edited with dataclasses.replace;
-networkx holds the dependency graph."""
+networkx holds the data flow between layers (Graph.dag)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -8,7 +8,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from ..cells.lang import reads_inputs
+from ..cells.lang import Program, reads_inputs
+from .plan import Plan
 from .types import Ref, TensorType
 
 
@@ -27,10 +28,11 @@ class Cell:
     # custom cells (rnnc/cells/custom.py)
     inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()   # per-step input shapes
     outputs: tuple[tuple[str, tuple[int, ...]], ...] = ()  # per-step output shapes
-    program: Any = None                     # the parsed step (rnnc.cells.lang.Program)
-    lowered: Any = None                     # the step as optimized by passes (None: as parsed)
+    program: Program | None = None          # the parsed step
+    lowered: Program | None = None          # the step as optimized by passes (None: as parsed)
     inits: dict[str, str] = field(default_factory=dict)
-    hoisted: frozenset[int] = frozenset()   # step nodes computed for all steps before the loop
+    hoisted: frozenset[int] = frozenset()   # custom: step nodes computed for all steps before the loop
+    project_hoisted: bool = False           # built-in: its input projection computed for all steps at once
 
     @property
     def custom(self) -> bool:
@@ -43,13 +45,36 @@ class Cell:
         return not self.custom or reads_inputs(self.step_program)
 
     @property
-    def step_program(self) -> Any:
-        """The step the lowering emits: optimized if a pass rewrote it."""
-        return self.lowered if self.lowered is not None else self.program
+    def step_program(self) -> Program:
+        """The step the lowering emits (custom cells): optimized if a pass rewrote it."""
+        prog = self.lowered if self.lowered is not None else self.program
+        if prog is None:
+            raise TypeError(f"cell {self.kind!r} is built in: it has no step program")
+        return prog
 
     @property
     def output_shapes(self) -> tuple[tuple[int, ...], ...]:
         return tuple(s for _, s in self.outputs) if self.custom else ((self.units,),)
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """How a recurrent layer (or one half of a Bidirectional) walks time and what it gives
+    back, as Keras 3 runs it at inference; decided once in rnnc/ir/build.py.
+
+    go_backwards          reads the sequence from its end; its output sequence is in
+                          processing order (Keras), unless reverse_output.
+    return_sequences      every step's output, else the last one.
+    zero_output_for_mask  masked steps output zeros (else the previous output). A
+                          Bidirectional sets it to return_sequences on both halves.
+    reverse_output        the output sequence is flipped after the run: a Bidirectional's
+                          backward half (Keras 3 flips the backward half's, never the
+                          forward half's, whatever their go_backwards)."""
+
+    go_backwards: bool = False
+    return_sequences: bool = False
+    zero_output_for_mask: bool = False
+    reverse_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,20 +88,32 @@ class Layer:
     initial_state: tuple[Ref, ...] = ()
     mask_in: Ref | None = None              # the mask this layer consumes, if any
     mask_out: Ref | None = None             # the mask that travels with its output
+    input_masks: tuple[Ref | None, ...] = ()  # merges: the mask of each input (None: unmasked)
+    mask_merge: str | None = None           # merges that make outputs["mask"]: "or" | "concat" (ir/semantics.py)
+    recurrence: Recurrence | None = None    # recurrent layers and Bidirectional halves
     cells: tuple[Cell, ...] = ()            # recurrent layers: the cells, stacked in order
     sublayers: tuple["Layer", ...] = ()     # Bidirectional: (forward, backward)
     time: int | str | None = None           # recurrent layers: the input's time dim
     states: tuple[tuple[str, tuple[int | str, ...]], ...] = ()  # recurrent: every state (port, dims), returned or not
 
-    lowering: str | None = None             # chosen strategy: native | loop | unroll | plain
-    reason: str = ""                        # why that strategy (shown by inspect)
+    plan: Plan | None = None                # the lowering chosen (passes/choose_lowering.py)
     notes: tuple[str, ...] = ()             # e.g. "dropout ignored at inference"
     path: tuple[Any, ...] = ()              # spec key path, for errors
     line: int | None = None
 
     @property
     def is_recurrent(self) -> bool:
-        return bool(self.cells)
+        return bool(self.cells or self.sublayers)
+
+    @property
+    def lowering(self) -> str | None:
+        """The chosen strategy (plain, native, loop, unroll); None before choose-lowering."""
+        return self.plan.strategy if self.plan else None
+
+    @property
+    def reason(self) -> str:
+        """The plan in words (generated from its fields)."""
+        return self.plan.reason if self.plan else ""
 
     @property
     def stateful(self) -> bool:
@@ -120,7 +157,6 @@ class Graph:
     inputs: dict[str, TensorType]
     layers: dict[str, Layer]                # topological order
     outputs: list[Output]
-    weights: dict[str, np.ndarray] = field(default_factory=dict)  # "<layer>/<param>" -> array
     file: str | None = None
     seed: int = 0
     # dims written differently that a layer needs equal: (a, b, why), checked at run time
@@ -131,14 +167,24 @@ class Graph:
             return self.inputs[ref.layer]
         return self.layers[ref.layer].outputs[ref.port]
 
-    def dependencies(self) -> nx.DiGraph:
+    def dag(self) -> nx.DiGraph:
+        """The data flow between model inputs and layers: an edge from each tensor's producer
+        to each layer that reads it (inputs, initial states, masks)."""
         g = nx.DiGraph()
         g.add_nodes_from(self.inputs)
         for layer in self.layers.values():
             g.add_node(layer.name)
-            for r in (*layer.inputs, *layer.initial_state, *([layer.mask_in] if layer.mask_in else [])):
-                g.add_edge(r.layer, layer.name)
+            reads = (*layer.inputs, *layer.initial_state, layer.mask_in, *layer.input_masks)
+            g.add_edges_from((r.layer, layer.name) for r in reads if r is not None)
         return g
+
+    def unused_layers(self) -> list[str]:
+        """Layers no model output depends on (a stateful layer's carried states are outputs
+        too): Keras leaves them out of the model, and so does the lowering."""
+        g = self.dag()
+        roots = {o.ref.layer for o in self.outputs} | {l.name for l in self.layers.values() if l.state_io()}
+        needed = set(roots).union(*(nx.ancestors(g, r) for r in roots)) if roots else set()
+        return [n for n in self.layers if n not in needed]
 
     def replace_layer(self, layer: Layer) -> "Graph":
         layers = dict(self.layers)

@@ -1,18 +1,25 @@
-"""IR → ONNX nodes: lowering rules keyed by (layer kind, strategy)."""
-from . import layers as _layers  # noqa: F401  (registers the rules)
-from . import recurrent as _recurrent  # noqa: F401
-from .context import LowerCtx
-from .registry import register, rule, strategies
+"""IR → ONNX nodes: lowering rules keyed by (layer kind, strategy); each layer's strategy and
+every choice within it come from its plan (rnnc/ir/plan.py)."""
+from __future__ import annotations
 
-__all__ = ["LowerCtx", "register", "rule", "strategies", "lower_graph", "supports"]
+from ..errors import InternalError
+from ..ir.graph import Layer
+from ..ir.types import Ref
+from . import layers as _layers  # noqa: F401  (imported for its @register side effects)
+from . import recurrent as _recurrent  # noqa: F401  (imported for its @register side effects)
+from ..emit.model import LoweredGraph
+from .context import LowerCtx, Lowered
+from .registry import register, rule
+
+__all__ = ["LowerCtx", "Lowered", "LoweredGraph", "register", "rule", "lower_graph", "supports"]
 
 
-def supports(kind: str, strategy: str, layer, target: str) -> str | None:
+def supports(kind: str, strategy: str, layer: Layer, target: str) -> str | None:
     """None when rule (kind, strategy) lowers `layer` exactly for `target`, else why not."""
     return rule(kind, strategy).supports(layer, target)
 
 
-def rule_kind(layer) -> str:
+def rule_kind(layer: Layer) -> str:
     if layer.sublayers:
         return "Bidirectional"
     if layer.cells:
@@ -20,19 +27,29 @@ def rule_kind(layer) -> str:
     return layer.kind
 
 
-def lower_graph(ctx: LowerCtx) -> dict[str, dict]:
-    """Lower every layer in order; returns per-layer facts for the model's metadata."""
-    from ..ir.types import Ref
-
-    facts: dict[str, dict] = {}
+def lower_graph(ctx: LowerCtx) -> LoweredGraph:
+    """Lower every layer in order, as its plan says (layers no output needs are skipped)."""
+    nodes: dict[str, list[str]] = {}
+    state_outputs: dict[str, str] = {}
     for name in ctx.graph.inputs:
         ctx.env[Ref(name, "input")] = name
     for layer in ctx.graph.layers.values():
+        if layer.plan is None:
+            raise InternalError(f"layer {layer.name!r} has no lowering plan: run the choose-lowering pass first")
+        if layer.plan.strategy == "unused":
+            nodes[layer.name] = []
+            continue
         start = len(ctx.b.nodes)
         with ctx.b.layer_scope(layer.name):
-            outs = rule(rule_kind(layer), layer.lowering or "plain").lower(ctx, layer)
-        for port, tensor in outs.items():
+            out = rule(rule_kind(layer), layer.plan.strategy).lower(ctx, layer)
+        out = out if isinstance(out, Lowered) else Lowered(out)
+        io = layer.state_io()
+        if len(out.final_states) != len(io):
+            raise InternalError(f"layer {layer.name!r}: its rule returned {len(out.final_states)} final states "
+                             f"for {len(io)} carried states")
+        for port, tensor in out.ports.items():
             ctx.env[Ref(layer.name, port)] = tensor
-        nodes = ctx.b.nodes[start:]
-        facts[layer.name] = {"nodes": [n.op_type for n in nodes]}
-    return facts
+        for (_, _, name_out, _), tensor in zip(io, out.final_states):
+            state_outputs[name_out] = tensor
+        nodes[layer.name] = [n.op_type for n in ctx.b.nodes[start:]]
+    return LoweredGraph(dict(ctx.env), nodes, state_outputs)

@@ -13,16 +13,24 @@ from ..ir.types import Ref
 INT64_MIN = np.iinfo(np.int64).min
 
 
+@dataclass(frozen=True)
+class Lowered:
+    """What a lowering rule returns: the tensor of each of the layer's ports, and for a
+    stateful layer the final value of each carried state, in Layer.state_io() order (they
+    leave the model as `<layer>/<port>_out`). A rule of a layer without carried states may
+    return the ports alone, as a dict."""
+
+    ports: dict[str, str]
+    final_states: tuple[str, ...] = ()
+
+
 @dataclass
 class LowerCtx:
     b: GraphBuilder
     graph: Graph
     weights: dict[str, np.ndarray]
     target: str                              # "ort" or "portable"
-    hoist: bool                              # hoist input-only work out of time loops
-    control: str                             # the time loop: an ONNX "loop" or "scan" (rnnc/pipeline.py)
     env: dict[Ref, str] = field(default_factory=dict)
-    state_outputs: dict[str, str] = field(default_factory=dict)   # stateful: output name -> tensor
 
     def x(self, layer: Layer, i: int = 0) -> str:
         return self.env[layer.inputs[i]]

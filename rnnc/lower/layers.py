@@ -79,11 +79,11 @@ def _merge_mask(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
     """Keras 3's merged mask: Add/Multiply/Average OR the masks; Concatenate broadcasts each
     mask over its input (an unmasked input is all true), concatenates along the axis and ORs
     over the last axis."""
-    if "mask" not in layer.outputs:
+    if layer.mask_merge is None:
         return {}
     b = ctx.b
-    masks = layer.config["input_masks"]
-    if layer.kind != "Concatenate":
+    masks = layer.input_masks
+    if layer.mask_merge == "or":
         out = ctx.env[masks[0]]
         for m in masks[1:]:
             out = b.op("Or", [out, ctx.env[m]])
@@ -110,7 +110,7 @@ def _elementwise(op: str):
     def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
         b = ctx.b
         xs = [ctx.env[r] for r in layer.inputs]
-        masks = layer.config["input_masks"]
+        masks = layer.input_masks
         if op == "Multiply" and any(m is not None for m in masks):
             # Keras 3: a masked input counts as 1 at its masked steps; with every input masked,
             # the product is zeroed where no input is unmasked

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from ..cells.builtin import CELLS
 from ..cells.lang import evaluate, live_nodes
 from ..emit.builder import GraphBuilder
+from ..errors import InternalError
 from ..ir.graph import Cell, Layer
 from . import activations, cellops
 from .context import LowerCtx
@@ -71,14 +72,15 @@ class Runner:
     """One cell in the Loop: `project` (the hoistable part, on inputs with `lead` leading
     axes) and `step` (the recurrent part, per time step)."""
 
-    def __init__(self, ctx: LowerCtx, layer_key: str, cell: Cell, *, hoist: bool):
-        self.cell, self.hoist = cell, hoist
+    def __init__(self, ctx: LowerCtx, layer_key: str, cell: Cell):
+        # what the hoisting pass marked (nothing when it was left out of the pipeline)
+        self.cell, self.hoist = cell, cell.project_hoisted
         raw = {k: ctx.w(layer_key, cell.prefix + k) for k in cell.params}
         tag = cell.prefix.replace("/", "_")
         if cell.custom:
             self.params = {k: ctx.b.initializer(f"{tag}{k}", v.astype(np.float32)) for k, v in raw.items()}
             prog = cell.step_program
-            hoisted = cell.hoisted if hoist else frozenset()
+            hoisted = cell.hoisted
             # the values the body needs from outside: hoisted nodes (or inputs) read by the rest
             live = live_nodes(prog)
             body = [n for n in prog.nodes if n.id in live and n.id not in hoisted and n.op not in ("input", "param")]
@@ -94,7 +96,7 @@ class Runner:
         c = self.cell
         if not c.custom:
             cdef = CELLS[c.kind]
-            if not self.hoist and lead:
+            if not self.hoist:     # the step projects (once per step, in the body)
                 return [(xs[0], True)]
             return [(cdef.project(OnnxOps(b, self.params, lead), xs[0], c.units, c.config), True)]
         prog = c.step_program
@@ -170,18 +172,22 @@ def _distinct(b: GraphBuilder, names: list[str]) -> list[str]:
 
 
 def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, init: list[str] | None,
-              mask: str | None, need_seq: bool, zero_output: bool, unroll: int | None = None, hoist: bool = True
+              mask: str | None, need_seq: bool, time_loop: str | None, unroll: int | None = None
               ) -> tuple[list[str] | None, list[str], list[str]]:
-    """Run the layer's cells over Xs (each [T, B, ...], input order) in Keras's processing order.
-    mask: [T, B] bool in input order, or None.
-    Returns (sequences [T, B, ...] in processing order or None, final states, last outputs;
-    with need_seq, a last output that is no state's final value is None)."""
+    """Run the (half-)layer's cells over Xs (each [T, B, ...], input order) in Keras's
+    processing order, as the plan says: a time loop of op `time_loop` ("scan" or "loop"), or
+    `unroll` steps. mask: [T, B] bool in input order, or None. Masked steps follow
+    layer.recurrence. Returns (sequences [T, B, ...] in processing order or None, final
+    states, last outputs; with need_seq, a last output that is no state's final value is None)."""
     b = ctx.b
     cells = list(layer.cells)
-    if layer.config["go_backwards"]:
+    rec = layer.recurrence
+    assert rec is not None
+    zero_output = rec.zero_output_for_mask
+    if rec.go_backwards:
         Xs = [ctx.reverse(X, 0) for X in Xs]
         mask = ctx.reverse(mask, 0) if mask is not None else None
-    runners = [Runner(ctx, layer_key, c, hoist=hoist) for c in cells]
+    runners = [Runner(ctx, layer_key, c) for c in cells]
     projected = runners[0].project(b, Xs, lead=1)        # hoisted: for every step at once
     batch = b.op("Slice", [b.op("Shape", [Xs[0]]), b.const([1]), b.const([2])], name="batch")   # [1]
     states0 = list(init) if init else [_zeros(b, batch, s) for c in cells for _, s in c.states]
@@ -199,9 +205,10 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
     body = GraphBuilder(parent=b)
     scanned = [v for v, per_step in projected if per_step] + ([mask] if mask is not None else [])
     # the reference form is a Loop; a Scan reads row t without a Gather, but needs a tensor to
-    # scan (a custom cell may not read its input; the reason ChooseLowering records says so)
-    scan = ctx.control == "scan" and (mask is not None or cells[0].reads_input)
-    assert not scan or scanned
+    # scan (the plan's time loop is a Loop where the step reads no input)
+    scan = time_loop == "scan"
+    if scan and not scanned:
+        raise InternalError(f"layer {layer_key!r}: a Scan over a step that reads no input or mask")
     it, cond_in = body.fresh("t"), body.fresh("cond_in")
     s_in = [body.fresh(f"state{i}_in") for i in range(len(states0))]
     p_in = [body.fresh(f"prev{i}_in") for i in range(len(prev0))]

@@ -1,6 +1,6 @@
 """Native lowering: Keras SimpleRNN/GRU/LSTM cells → ONNX RNN/GRU/LSTM ops (layout 0).
 
-Weights (SEMANTICS.md): Keras kernels are [in, gates*u] in Keras gate order; ONNX W is
+Weights (docs/semantics.md): Keras kernels are [in, gates*u] in Keras gate order; ONNX W is
 [dirs, gates*u, in] in ONNX gate order, so permute the gate blocks, then transpose.
 Biases: ONNX B = [Wb, Rb]. LSTM and SimpleRNN: Wb = Keras bias, Rb = 0. GRU reset_after
 (linear_before_reset=1): Wb = input bias, Rb = recurrent bias; reset_after=false
@@ -119,7 +119,7 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, X: str, *, init: list
               seq_lens: str = "", need_seq: bool) -> tuple[str | None, list[str]]:
     """The layer's cells, one native op each, over X [T, B, in] (input order).
     Returns (sequence [T, B, u] in input order, or None; final states, each [B, u])."""
-    direction = "reverse" if layer.config["go_backwards"] else "forward"
+    direction = "reverse" if layer.recurrence is not None and layer.recurrence.go_backwards else "forward"
     states: list[str] = []
     si = 0
     for i, cell in enumerate(layer.cells):

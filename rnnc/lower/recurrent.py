@@ -1,21 +1,25 @@
 """Lowering rules of the recurrent layers (SimpleRNN, GRU, LSTM, RNN, Bidirectional) for the
-strategies native, loop and unroll. The layer-level semantics live here once (Keras's output
-order for go_backwards, masks, states, merging); running the cells is native.py's or loop.py's.
+strategies native, loop and unroll. Each rule does what the layer's plan (rnnc/ir/plan.py) and
+its Recurrence (rnnc/ir/graph.py: go_backwards, zero_output_for_mask, the backward half's
+flip) say; running the cells is native.py's or loop.py's.
 
-Masks with the native op (SEMANTICS.md, "Masks and lengths"): whether a mask is right-padded
-is decided per batch at run time. An `If` runs the native op with sequence_lens when every
-row is right-padded and non-empty, and the exact Loop otherwise."""
+Masks with the native op (docs/semantics.md, "Masks and lengths"): whether a mask is
+right-padded is decided per batch at run time. An `If` runs the native op with sequence_lens
+when every row is right-padded and non-empty, and the exact time loop otherwise."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 from onnx import TensorProto, helper
 
 from ..emit.builder import GraphBuilder
-from ..ir.graph import Layer
+from ..errors import InternalError
+from ..ir.graph import Layer, Recurrence
+from ..ir.plan import Plan
 from . import loop, native
-from .context import LowerCtx
+from .context import LowerCtx, Lowered
 from .registry import register
 
 Run = tuple["list[str] | None", list[str], list[str]]   # (sequences [T, B, ...] in processing order, states, last outputs)
@@ -37,22 +41,22 @@ def layer_time(layer: Layer) -> int | None:
 
 
 def run(ctx: LowerCtx, layer: Layer, key: str, Xs: list[str], *, init: list[str] | None, mask: str | None,
-        need_seq: bool, zero_output: bool, strategy: str) -> Run:
-    """Run one recurrent (half-)layer over Xs (each [T, B, ...]); mask is [B, T] bool or None."""
-    if strategy in ("loop", "unroll"):
+        need_seq: bool, plan: Plan) -> Run:
+    """Run one recurrent (half-)layer over Xs (each [T, B, ...]) as `plan` says (the plan of
+    the layer, or of the Bidirectional the half is in); mask is [B, T] bool or None."""
+    if plan.strategy in ("loop", "unroll"):
         mask_tb = ctx.transpose(mask, [1, 0]) if mask is not None else None
         return loop.run_cells(ctx, layer, key, Xs, init=init, mask=mask_tb, need_seq=need_seq,
-                              zero_output=zero_output, unroll=layer_time(layer) if strategy == "unroll" else None,
-                              hoist=ctx.hoist)
+                              time_loop=plan.time_loop, unroll=plan.unroll_steps)
     if mask is None:
         return _native(ctx, layer, key, Xs[0], init=init, need_seq=need_seq)
-    return _native_masked(ctx, layer, key, Xs[0], init=init, mask=mask, need_seq=need_seq, zero_output=zero_output)
+    return _native_masked(ctx, layer, key, Xs[0], init=init, mask=mask, need_seq=need_seq, plan=plan)
 
 
 def _native(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, need_seq: bool,
             seq_lens: str = "") -> Run:
     Y, states = native.run_cells(ctx, layer, key, X, init=init, seq_lens=seq_lens, need_seq=need_seq)
-    if Y is not None and layer.config["go_backwards"]:
+    if Y is not None and _rec(layer).go_backwards:
         Y = ctx.reverse(Y, 0)    # ONNX `reverse` returns input order; Keras returns processing order
     cells = list(layer.cells)
     return ([Y] if Y is not None else None), states, [states[j] for j in loop.output_states(cells, len(states))]
@@ -78,14 +82,15 @@ def right_padded(ctx: LowerCtx, mask: str) -> tuple[str, str, str]:
 
 
 def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, mask: str,
-                   need_seq: bool, zero_output: bool) -> Run:
+                   need_seq: bool, plan: Plan) -> Run:
     cond, lens, steps = right_padded(ctx, mask)
+    backwards, zero_output = _rec(layer).go_backwards, _rec(layer).zero_output_for_mask
 
     def fast() -> list[str]:
         b = ctx.b   # the branch's builder
         Ys, states, last = _native(ctx, layer, key, X, init=init, need_seq=need_seq, seq_lens=lens)
         Y = Ys[0] if Ys else None
-        if Y is not None and not layer.config["go_backwards"] and not zero_output:
+        if Y is not None and not backwards and not zero_output:
             # ONNX writes zeros past each length; Keras repeats the last output:
             # Y'[t, b] = Y[min(t, lens[b] - 1), b]
             last_t = b.op("Sub", [b.op("Cast", [lens], to=TensorProto.INT64), b.const(1)])
@@ -93,7 +98,7 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
                                b.op("Unsqueeze", [last_t, b.const([0])])])            # [T, B]
             idx = b.op("Expand", [b.op("Unsqueeze", [idx, b.const([2])]), b.op("Shape", [Y])])
             Y = b.op("GatherElements", [Y, idx], axis=0, name="repeat_last")
-        if zero_output and not need_seq and not layer.config["go_backwards"]:
+        if zero_output and not need_seq and not backwards:
             # zero_output_for_mask: Keras's last output is zero where the last step is masked
             full = b.op("Equal", [lens, b.op("Cast", [b.op("Size", [steps])], to=TensorProto.INT32)])     # [B]
             zero = b.const(np.float32(0.0), dtype="float32")
@@ -102,7 +107,7 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
 
     def exact() -> list[str]:
         Ys, states, last = loop.run_cells(ctx, layer, key, [X], init=init, mask=ctx.transpose(mask, [1, 0]),
-                                          need_seq=need_seq, zero_output=zero_output, hoist=ctx.hoist)
+                                          need_seq=need_seq, time_loop=plan.time_loop)
         return (Ys or []) + states + last
 
     outs = if_node(ctx, cond, fast, exact, name="If_right_padded")
@@ -145,41 +150,39 @@ def _first_states(ctx: LowerCtx, layer: Layer) -> list[str]:
     return [name for _, name, _, _ in layer.state_io()] or [ctx.env[r] for r in layer.initial_state]
 
 
-def _lower(strategy: str):
-    def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
-        seqs = layer.config["return_sequences"]
-        Xs = [time_major(ctx, ctx.env[r], ctx.graph.type_of(r).rank) for r in layer.inputs]   # [T, B, ...]
-        init = _first_states(ctx, layer) or None
-        Ys, states, last = run(ctx, layer, layer.name, Xs, init=init, mask=ctx.mask(layer), need_seq=seqs,
-                               zero_output=layer.config["zero_output_for_mask"], strategy=strategy)
-        ys = [time_major(ctx, y, len(t.dims)) for y, t in zip(Ys, (layer.outputs[p] for p in layer.main_ports))] \
-            if seqs else last                                                # [B, T, ...] or [B, ...]
-        out = dict(zip(layer.main_ports, ys))
-        for port, s in zip(layer.state_ports, states):
-            out[port] = s
-        for (_, _, name, _), s in zip(layer.state_io(), states):     # ... and go out as `<layer>/<port>_out`
-            ctx.state_outputs[name] = s
-        return out
-    return rule
+def _rec(layer: Layer) -> Recurrence:
+    if layer.recurrence is None:
+        raise InternalError(f"layer {layer.name!r} has no Recurrence")
+    return layer.recurrence
 
 
-register("recurrent", "native", supports=native.supports)(_lower("native"))
-register("recurrent", "loop", supports=_loop_supports)(_lower("loop"))
-register("recurrent", "unroll", supports=_unroll_supports)(_lower("unroll"))
+def _plan(layer: Layer) -> Plan:
+    if layer.plan is None:
+        raise InternalError(f"layer {layer.name!r} has no plan")
+    return layer.plan
+
+
+def _recurrent(ctx: LowerCtx, layer: Layer) -> Lowered:
+    seqs = _rec(layer).return_sequences
+    Xs = [time_major(ctx, ctx.env[r], ctx.graph.type_of(r).rank) for r in layer.inputs]   # [T, B, ...]
+    init = _first_states(ctx, layer) or None
+    Ys, states, last = run(ctx, layer, layer.name, Xs, init=init, mask=ctx.mask(layer), need_seq=seqs,
+                           plan=_plan(layer))
+    ys = [time_major(ctx, y, len(t.dims)) for y, t in zip(Ys, (layer.outputs[p] for p in layer.main_ports))] \
+        if seqs else last                                                # [B, T, ...] or [B, ...]
+    out = dict(zip(layer.main_ports, ys))
+    for port, s in zip(layer.state_ports, states):
+        out[port] = s
+    # a stateful layer's final states go out as `<layer>/<port>_out`
+    return Lowered(out, tuple(states) if layer.state_io() else ())
+
+
+register("recurrent", "native", supports=native.supports)(_recurrent)
+register("recurrent", "loop", supports=_loop_supports)(_recurrent)
+register("recurrent", "unroll", supports=_unroll_supports)(_recurrent)
 
 
 # ---- Bidirectional ------------------------------------------------------------------
-
-def fusable(layer: Layer) -> bool:
-    """Both halves one built-in cell each, same kind and config but direction: one ONNX op."""
-    fwd, bwd = layer.sublayers
-    if len(fwd.cells) != 1 or len(bwd.cells) != 1:
-        return False
-    cf, cb = fwd.cells[0], bwd.cells[0]
-    return (not fwd.config["go_backwards"] and bwd.config["go_backwards"] and cf.kind == cb.kind
-            and cf.units == cb.units and {k: v for k, v in cf.config.items() if "dropout" not in k}
-            == {k: v for k, v in cb.config.items() if "dropout" not in k})
-
 
 def _bidi_supports(layer: Layer, target: str) -> str | None:
     for half in layer.sublayers:
@@ -202,58 +205,55 @@ def _merge(ctx: LowerCtx, mode: str | None, yf: str, yb: str) -> dict[str, str]:
     return {"output": b.op("Mul", [b.op("Add", [yf, yb]), b.const(np.float32(0.5), dtype="float32")], name="ave")}
 
 
-def _bidi(strategy: str):
-    def rule(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
-        X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
-        mask = ctx.mask(layer)
-        io = layer.state_io()
-        first = _first_states(ctx, layer)
-        n_fwd = len(layer.sublayers[0].states)
-        init = {"forward": first[:n_fwd] or None, "backward": first[n_fwd:] or None}
-        if strategy == "native" and fusable(layer):
-            if mask is None:
-                out, finals = _bidi_fused(ctx, layer, X, init, need_finals=bool(io))
-            else:
-                # One bidirectional op with sequence_lens for right-padded batches, else the Loops.
-                # Both agree with Keras, whose halves output zeros at masked steps here.
-                cond, lens, _ = right_padded(ctx, mask)
-                ports: list[str] = []
-
-                def fast() -> list[str]:
-                    out, finals = _bidi_fused(ctx, layer, X, init, seq_lens=lens, need_finals=bool(io))
-                    ports[:] = list(out)
-                    return list(out.values()) + finals
-
-                def exact() -> list[str]:
-                    out, finals = _bidi_halves(ctx, layer, X, mask, "loop", init)
-                    return [out[p] for p in ports] + (finals if io else [])
-
-                res = if_node(ctx, cond, fast, exact, name="If_right_padded")
-                out, finals = dict(zip(ports, res)), res[len(ports):]
+def _bidirectional(ctx: LowerCtx, layer: Layer) -> Lowered:
+    plan = _plan(layer)
+    X = ctx.transpose(ctx.x(layer), [1, 0, 2])                      # [T, B, in]
+    mask = ctx.mask(layer)
+    io = layer.state_io()
+    first = _first_states(ctx, layer)
+    n_fwd = len(layer.sublayers[0].states)
+    init = {"forward": first[:n_fwd] or None, "backward": first[n_fwd:] or None}
+    if plan.fused:
+        if mask is None:
+            out, finals = _bidi_fused(ctx, layer, X, init, need_finals=bool(io))
         else:
-            out, finals = _bidi_halves(ctx, layer, X, mask, strategy, init)
-        for (_, _, name, _), s in zip(io, finals):     # ... and go out as `<layer>/<half>_<port>_out`
-            ctx.state_outputs[name] = s
-        return out
-    return rule
+            # One bidirectional op with sequence_lens for right-padded batches, else the time
+            # loops. Both agree with Keras, whose halves output zeros at masked steps here.
+            cond, lens, _ = right_padded(ctx, mask)
+            ports: list[str] = []
+            fallback = replace(plan, strategy="loop", native_ops=(), fused=False, requested="auto")
+
+            def fast() -> list[str]:
+                out, finals = _bidi_fused(ctx, layer, X, init, seq_lens=lens, need_finals=bool(io))
+                ports[:] = list(out)
+                return list(out.values()) + finals
+
+            def exact() -> list[str]:
+                out, finals = _bidi_halves(ctx, layer, X, mask, fallback, init)
+                return [out[p] for p in ports] + (finals if io else [])
+
+            res = if_node(ctx, cond, fast, exact, name="If_right_padded")
+            out, finals = dict(zip(ports, res)), res[len(ports):]
+    else:
+        out, finals = _bidi_halves(ctx, layer, X, mask, plan, init)
+    # a stateful layer's final states go out as `<layer>/<half>_<port>_out`
+    return Lowered(out, tuple(finals) if io else ())
 
 
-def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, strategy: str,
+def _bidi_halves(ctx: LowerCtx, layer: Layer, X: str, mask: str | None, plan: Plan,
                  init: dict[str, list[str] | None]) -> tuple[dict[str, str], list[str]]:
     """Each half on its own (native op or time loop). Returns (outputs, every final state:
     forward's, then backward's)."""
     fwd, bwd = layer.sublayers
-    seqs = fwd.config["return_sequences"]
+    seqs = _rec(fwd).return_sequences
     halves = {}
     for half in (fwd, bwd):
-        # Keras: Bidirectional sets zero_output_for_mask = return_sequences on both halves.
+        # each half's zero_output_for_mask and output flip are its Recurrence's (rnnc/ir/build.py)
         Ys, states, last = run(ctx, half, f"{layer.name}/{half.name}", [X], init=init[half.name], mask=mask,
-                               need_seq=seqs, zero_output=seqs, strategy=strategy)
+                               need_seq=seqs, plan=plan)
         if seqs:
             Y = Ys[0]                            # in the half's processing order
-            if half is bwd:
-                # Keras flips the backward half's sequence (back to input order when it reads
-                # from the end), never the forward half's, whatever their go_backwards
+            if _rec(half).reverse_output:
                 Y = ctx.reverse(Y, 0)
             y = ctx.transpose(Y, [1, 0, 2])      # [B, T, u]
         else:
@@ -308,6 +308,6 @@ def _bidi_fused(ctx: LowerCtx, layer: Layer, X: str, init: dict[str, list[str] |
     return out, finals
 
 
-register("Bidirectional", "native", supports=_bidi_supports)(_bidi("native"))
-register("Bidirectional", "loop", supports=_loop_supports)(_bidi("loop"))
-register("Bidirectional", "unroll", supports=_unroll_supports)(_bidi("unroll"))
+register("Bidirectional", "native", supports=_bidi_supports)(_bidirectional)
+register("Bidirectional", "loop", supports=_loop_supports)(_bidirectional)
+register("Bidirectional", "unroll", supports=_unroll_supports)(_bidirectional)

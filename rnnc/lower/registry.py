@@ -42,5 +42,3 @@ def rule(kind: str, strategy: str) -> Rule:
         raise LoweringError(f"no lowering rule for {kind} with strategy {strategy!r}; rules: {have}") from None
 
 
-def strategies(kind: str) -> list[str]:
-    return [s for k, s in _RULES if k == kind]

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from ..cells.lang import Program, ProgramWriter, broadcast, state_dependent
 from ..ir.graph import Cell, Graph
-from .manager import PassResult, map_custom_cells
+from .manager import PassResult, map_custom_cells, no_plans, not_hoisted
 
 
 def _consumers(prog: Program) -> list[int]:
@@ -106,6 +106,10 @@ def reassociate(prog: Program) -> Program:
 
 class ReassociateSums:
     name = "reassociate-sums"
+    after: tuple[str, ...] = ()
+
+    def precondition(self, graph: Graph) -> str | None:
+        return no_plans(graph) or not_hoisted(graph)
 
     def run(self, graph: Graph) -> PassResult:
         return map_custom_cells(graph, _cell)

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from ..cells.lang import Node, Program, ProgramWriter, state_dependent
 from ..ir.graph import Cell, Graph
-from .manager import PassResult, map_custom_cells
+from .manager import PassResult, map_custom_cells, no_plans, not_hoisted
 
 SINK_MIN_WIDTH = 256       # columns per slice
 
@@ -114,6 +114,10 @@ def sink(prog: Program) -> Program:
 
 class SinkSlices:
     name = "sink-slices"
+    after = ("reassociate-sums",)   # it slices the products that pass has gathered
+
+    def precondition(self, graph: Graph) -> str | None:
+        return no_plans(graph) or not_hoisted(graph)
 
     def run(self, graph: Graph) -> PassResult:
         return map_custom_cells(graph, _cell)

@@ -1,4 +1,4 @@
 """Runtime stage: ONNX Runtime sessions (the only place that imports onnxruntime)."""
-from .session import Session, choose_providers
+from .session import Session, StrictGpuError, choose_providers
 
-__all__ = ["Session", "choose_providers"]
+__all__ = ["Session", "StrictGpuError", "choose_providers"]

@@ -2,8 +2,9 @@
 CPU) and input validation that names what was expected."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -66,7 +67,8 @@ class Session:
         self._inputs = {i.name: i for i in self._sess.get_inputs()}
         # stateful layers: their states are graph inputs/outputs that the session carries
         self._state_io: list[dict] = self.metadata.get("states", [])
-        outs = {o.name for o in self._sess.get_outputs()}
+        self._outputs = {o.name: o for o in self._sess.get_outputs()}
+        outs = set(self._outputs)
         for st in self._state_io:
             i = self._inputs.get(st["input"])
             if i is None or st["output"] not in outs or list(i.shape) != st["dims"]:
@@ -86,8 +88,17 @@ class Session:
         return self.providers[0]
 
     def input_spec(self, name: str) -> tuple[type, list[int | str | None]]:
+        """An input's NumPy dtype and dims (an int, a symbolic name, or None)."""
         i = self._inputs[name]
         return ORT_DTYPES.get(i.type, np.float32), list(i.shape)
+
+    def output_spec(self, name: str) -> tuple[type, list[int | str | None]]:
+        """An output's NumPy dtype and dims, as ONNX Runtime reports them (for any name in
+        output_names)."""
+        if name not in self.output_names:
+            raise RnncError(f"output_spec: unknown output {name!r}: expected one of {', '.join(self.output_names)}")
+        o = self._outputs[name]
+        return ORT_DTYPES.get(o.type, np.float32), list(o.shape)
 
     # -- stateful models -----------------------------------------------------------------
     @property
@@ -186,11 +197,15 @@ class Session:
                     sizes.setdefault(want, (got, f"input {name!r}"))
             out[name] = a
             problems += self._check_token_ids(name, a)
+        def size(d: int | str) -> int | None:
+            return d if isinstance(d, int) else sizes.get(d, (None,))[0]
+
+        def shown(d: int | str) -> str:
+            return f"{d!r} = {size(d)}" if isinstance(d, str) else str(d)
+
         for a, b, why in self.metadata.get("equal_dims", []):
             # dims written differently that a layer combines (Keras's None and None)
-            size = lambda d: d if isinstance(d, int) else sizes.get(d, (None,))[0]  # noqa: E731
             if size(a) is not None and size(b) is not None and size(a) != size(b):
-                shown = lambda d: f"{d!r} = {size(d)}" if isinstance(d, str) else str(d)  # noqa: E731
                 problems.append(f"dims {shown(a)} and {shown(b)} differ, but {why}")
         if problems:
             raise InputError("; ".join(problems) if len(problems) == 1 else None,
@@ -247,7 +262,7 @@ def _open(data: bytes, options, wanted: list[str], *, strict_gpu: bool, where: s
     def create(opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
         try:
             return ort.InferenceSession(data, sess_options=opts, providers=providers)
-        except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types
+        except Exception as e:  # ORT raises several unrelated types
             if _REFUSED in str(e):
                 raise
             raise ModelFileError(f"ONNX Runtime cannot load {where or 'the model'}: {e}") from None

@@ -2,4 +2,4 @@
 from .loader import load_spec, load_spec_text, validate
 from .model import CellDecl, InputDecl, LayerDecl, OutputDecl, Spec
 
-__all__ = ["load_spec", "load_spec_text", "validate", "Spec", "LayerDecl", "CellDecl", "InputDecl", "OutputDecl"]
+__all__ = ["CellDecl", "InputDecl", "LayerDecl", "OutputDecl", "Spec", "load_spec", "load_spec_text", "validate"]

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..cells.custom import check_definition
 from ..errors import Problem, SpecError
 from . import schema as S
 from .model import CellDecl, InputDecl, LayerDecl, OutputDecl, Spec
@@ -102,7 +103,6 @@ def validate(src: Source) -> Spec:
     if not isinstance(cells, dict):
         c.err(("cells",), f"expected a mapping of cell names to definitions, got {_shown(cells)}")
         cells = {}
-    from ..cells.custom import check_definition
     for cname, cdef in list(cells.items()):
         if cname in S.CELL_KEYS or not cname.isidentifier():
             c.err(("cells", cname), f"a custom cell needs its own name (letters, digits, _; not a built-in cell), "

@@ -1,9 +1,10 @@
 """The spec's vocabulary as data: every layer type, its keys, their kinds and defaults
-(Keras 3's names and defaults, SPEC.md's table)."""
+(Keras 3's names and defaults, docs/spec.md's tables)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..cells.activations import NAMES as ACTIVATIONS
 

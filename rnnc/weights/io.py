@@ -1,5 +1,5 @@
 """Weights files: .npz (NumPy) and .safetensors, keyed `<layer>/<param>` with Keras's names
-and layouts (SPEC.md, "Weights"). Every mismatch is reported at once."""
+and layouts (docs/spec.md, "Weights"). Every mismatch is reported at once."""
 from __future__ import annotations
 
 import zipfile
