@@ -71,8 +71,8 @@ def _batchnorm(layer, w, env):
     axis = layer.config["axis"] % x.ndim
     shape = [1] * x.ndim
     shape[axis] = x.shape[axis]
-    r = lambda k: w[k].reshape(shape)  # noqa: E731
-    y = (x - r("moving_mean")) / np.sqrt(r("moving_variance") + layer.config["epsilon"]) * r("gamma") + r("beta")
+    mean, var, gamma, beta = (w[k].reshape(shape) for k in ("moving_mean", "moving_variance", "gamma", "beta"))
+    y = (x - mean) / np.sqrt(var + layer.config["epsilon"]) * gamma + beta
     return {"output": y}
 
 
@@ -160,14 +160,18 @@ def run_cells(layer: Layer, w: dict, xs: list[np.ndarray], mask: np.ndarray | No
         out = inp
         if mask is not None:
             m = mask[:, t]
-            keep = lambda new, old: np.where(m.reshape(-1, *[1] * (np.ndim(new) - 1)), new, old)  # noqa: E731
-            out = [keep(o, np.zeros_like(o) if zero_output_for_mask else p) for o, p in zip(out, prev)]
-            new_states = [keep(ns, s) for ns, s in zip(new_states, states)]
+            out = [_keep(m, o, np.zeros_like(o) if zero_output_for_mask else p) for o, p in zip(out, prev)]
+            new_states = [_keep(m, ns, s) for ns, s in zip(new_states, states)]
         states, prev = new_states, out
         for k, o in enumerate(out):
             seqs[k].append(o)
     seq = [np.stack(s, axis=1) if s else np.zeros((batch, 0, *shape)) for s, shape in zip(seqs, shapes)]
     return seq, prev, states
+
+
+def _keep(m: np.ndarray, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """where(m, new, old), the [B] mask m broadcast over the value's other axes."""
+    return np.where(m.reshape(-1, *[1] * (np.ndim(new) - 1)), new, old)
 
 
 def _first_states(layer: Layer, env: dict) -> list[np.ndarray]:

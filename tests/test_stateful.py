@@ -166,7 +166,10 @@ def test_stateful_spec_errors(text, message):
 def test_cli_chunk_streams_and_concatenates(tmp_path):
     (tmp_path / "s.yaml").write_text(spec(LAYERS["gru"]) + "  - {type: Dense, name: d, units: 2}\n")
     model = tmp_path / "m.onnx"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "rnnc", *map(str, a)], capture_output=True, text=True)  # noqa: E731
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "rnnc", *map(str, a)], capture_output=True, text=True)
+
     assert run("compile", tmp_path / "s.yaml", "-o", model).returncode == 0
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(3, 23, 4)).astype(np.float32))
     r = run("run", model, "--input", f"x={tmp_path / 'x.npy'}", "--chunk", "5", "-o", tmp_path / "c.npz")

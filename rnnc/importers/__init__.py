@@ -9,7 +9,7 @@
 
 Nothing here executes code from a model file: `.keras` archives are read with zipfile, json
 and h5py, and PyTorch files with `torch.load(weights_only=True)`."""
-from .common import ImportProblem, Imported, write_imported
+from .common import Imported, ImportProblem, write_imported
 from .keras_file import import_keras, import_keras_weights, keras_weights_for_graph
 
 __all__ = ["ImportProblem", "Imported", "write_imported", "import_keras", "import_keras_weights",

@@ -20,7 +20,9 @@ from typing import Any
 import networkx as nx
 
 from ..errors import Problem, SpecError
-from .common import ImportProblem, Imported, check_spec_text, render_spec
+from ..ir import build_graph
+from ..spec import load_spec, load_spec_text
+from .common import Imported, ImportProblem, check_spec_text, render_spec
 from .keras_config import RECURRENT, LayerConverter, ports
 from .keras_config import tensors as _tensors
 from .keras_h5 import open_h5, weights_from_h5
@@ -332,9 +334,6 @@ def import_keras(path: str | Path, *, spec_file: str = "model.yaml") -> Imported
     version = meta.get("keras_version", "?")
     text = render_spec(str(model_name), mc.inputs, mc.layers, mc.outputs,
                        header=f"imported by `rnnc import keras` from {Path(path).name} (Keras {version})")
-    from ..ir import build_graph
-    from ..spec import load_spec_text
-
     try:
         graph = build_graph(load_spec_text(text, spec_file))
     except SpecError as e:
@@ -391,16 +390,14 @@ def keras_weights_for_graph(path: str | Path, graph) -> dict:
 def import_keras_weights(path: str | Path, spec_path: str | Path) -> Imported:
     """`rnnc import keras MODEL.weights.h5 --spec SPEC.yaml`: the spec as written, with the
     Keras weights mapped onto it (checked by compiling in memory)."""
-    from ..ir import build_graph
-    from ..pipeline import compile_spec
-    from ..spec import load_spec
+    from ..pipeline import compile_spec   # lazy: onnx (the CLI's parser loads this module)
 
     spec = load_spec(spec_path)
     weights = keras_weights_for_graph(path, build_graph(spec))
     compiled = compile_spec(spec, weights=weights)
     text = Path(spec_path).read_text(encoding="utf-8")
     if not any(line.startswith("rnnc:") for line in text.splitlines()):
-        import yaml   # a JSON or flow-style spec: written again as block YAML
+        import yaml  # a JSON or flow-style spec: written again as block YAML
 
         text = yaml.safe_dump({k: v for k, v in spec.source.data.items() if k != "weights"}, sort_keys=False)
     return Imported(text, weights, compiled, [], str(path))

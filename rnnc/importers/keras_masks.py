@@ -74,7 +74,9 @@ class _KerasMasks:
 
 
 def _or(a: frozenset | str, b: frozenset | str) -> frozenset | str:
-    return ALL if ALL in (a, b) else a | b  # type: ignore[operator]
+    if isinstance(a, str) or isinstance(b, str):   # ALL, the only string form
+        return ALL
+    return a | b
 
 
 def _rnnc(sources: dict[str, Tensor], graph: Graph, ref: Ref | None) -> Any:

@@ -17,7 +17,9 @@ from typing import Any
 import onnx
 
 from ..errors import ModelFileError, RnncError
-from . import dot, report as _report, text
+from ..pipeline import compile_spec
+from . import dot, text
+from . import report as _report
 from .walk import Scope
 
 __all__ = ["Report", "inspect_model", "inspect_spec", "inspect_path"]
@@ -68,8 +70,6 @@ def inspect_model(model: Any, *, file: str | None = None) -> Report:
 def inspect_spec(spec: Any, *, weights: Any = None, target: str = "ort") -> Report:
     """Inspect a spec: lowered and emitted in memory, so the decisions show before anything
     is written. Takes what rnnc.compile_spec takes."""
-    from ..pipeline import compile_spec
-
     compiled = compile_spec(spec, weights=weights, target=target)
     file = str(spec) if isinstance(spec, (str, Path)) else None
     return Report(compiled.model, *_report.build(compiled.model, file=file, origin="spec"))

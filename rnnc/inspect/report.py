@@ -27,8 +27,18 @@ from typing import Any
 import onnx
 
 from .placement import predict
-from .walk import (RNN_OPS, Scope, all_scopes, is_output_rename, layer_of, op_counts, rnnc_metadata,
-                   scopes, subscopes_of, tensor_types)
+from .walk import (
+    RNN_OPS,
+    Scope,
+    all_scopes,
+    is_output_rename,
+    layer_of,
+    op_counts,
+    rnnc_metadata,
+    scopes,
+    subscopes_of,
+    tensor_types,
+)
 
 FORMAT = "rnnc.inspect/1"
 

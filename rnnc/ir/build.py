@@ -9,9 +9,9 @@ import numpy as np
 from ..cells.builtin import CELL_TYPES, CELLS
 from ..cells.custom import CellDefError, bind
 from ..errors import Problem, SpecError
-from ..spec.yamlsrc import format_path
 from ..spec.model import CellDecl, LayerDecl, Spec
 from ..spec.schema import CELL_KEYS, CELL_OF_LAYER
+from ..spec.yamlsrc import format_path
 from .graph import Cell, Graph, Layer, Output, Recurrence
 from .semantics import bidirectional_zero_output, merged_mask_rule, state_ports
 from .types import Dim, Ref, TensorType
@@ -270,7 +270,8 @@ class _Builder:
                         raise self.fail(decl.path + ("input",), f"Concatenate expects equal dims except on axis {axis}, "
                                         f"got {', '.join(map(str, types))}")
             sizes = [ty.dims[ax] for ty in types]
-            dims[ax] = sum(sizes) if all(isinstance(s, int) for s in sizes) else "+".join(map(str, sizes))  # type: ignore[arg-type]
+            fixed = [s for s in sizes if isinstance(s, int)]
+            dims[ax] = sum(fixed) if len(fixed) == len(sizes) else "+".join(map(str, sizes))
             out = first.with_dims(*dims)
         else:
             for ty in types[1:]:
@@ -469,7 +470,9 @@ class _Builder:
         if mode is None:
             outs["forward"], outs["backward"] = f_out, b_out
         elif mode == "concat":
-            outs["output"] = f_out.with_dims(*f_out.dims[:-1], f_out.dims[-1] + b_out.dims[-1])  # type: ignore[operator]
+            fu, bu = f_out.dims[-1], b_out.dims[-1]
+            assert isinstance(fu, int) and isinstance(bu, int), "recurrent outputs have fixed feature sizes"
+            outs["output"] = f_out.with_dims(*f_out.dims[:-1], fu + bu)
         else:
             if f_out.dims[-1] != b_out.dims[-1]:
                 raise self.fail(decl.path + ("merge_mode",), f"merge_mode {mode} needs halves of the same size, "

@@ -64,7 +64,10 @@ def summary(graph: Graph) -> str:
     head = ["Layer (type)", "Output Shape", "Param #"] + (["Connected to"] if functional else [])
     rows = [r[:len(head)] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
     rule = "─" * (sum(widths) + 2 * (len(widths) - 1))
     total = graph.param_count()
     frozen = sum(int(np.prod(s)) for l in graph.layers.values()

@@ -2,12 +2,12 @@
 every choice within it come from its plan (rnnc/ir/plan.py)."""
 from __future__ import annotations
 
+from ..emit.model import LoweredGraph
 from ..errors import InternalError
 from ..ir.graph import Layer
 from ..ir.types import Ref
 from . import layers as _layers  # noqa: F401  (imported for its @register side effects)
 from . import recurrent as _recurrent  # noqa: F401  (imported for its @register side effects)
-from ..emit.model import LoweredGraph
 from .context import LowerCtx, Lowered
 from .registry import register, rule
 

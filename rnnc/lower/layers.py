@@ -50,9 +50,10 @@ def dense(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
 def batchnorm(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
     # y = (x - mean) / sqrt(var + eps) * gamma + beta, folded into y = x * scale + shift
     b = ctx.b
-    g = lambda k: ctx.w(layer.name, k).astype(np.float64)  # noqa: E731
-    scale = g("gamma") / np.sqrt(g("moving_variance") + layer.config["epsilon"])
-    shift = g("beta") - g("moving_mean") * scale
+    gamma, beta, mean, var = (ctx.w(layer.name, k).astype(np.float64)
+                              for k in ("gamma", "beta", "moving_mean", "moving_variance"))
+    scale = gamma / np.sqrt(var + layer.config["epsilon"])
+    shift = beta - mean * scale
     rank = ctx.graph.type_of(layer.inputs[0]).rank
     axis = layer.config["axis"] % rank
     shape = [1] * (rank - axis - 1)

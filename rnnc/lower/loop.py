@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 
 from ..cells.builtin import CELLS
@@ -231,7 +232,10 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
     body_outs = ([] if scan else [cond_in]) + _distinct(body, [*new, *(outs if carry else []),
                                                                *(outs if need_seq else [])])
     f32 = TensorProto.FLOAT
-    vi = lambda n, t=f32: helper.make_tensor_value_info(n, t, None)  # noqa: E731
+
+    def vi(n: str, t: int = f32) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(n, t, None)
+
     if scan:
         g = helper.make_graph(body.nodes, f"{b.scope}_body",
                               [vi(x) for x in (*s_in, *p_in)] + [vi(rows[v], TensorProto.BOOL if v == mask else f32)

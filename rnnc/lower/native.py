@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cells.gates import KERAS_LAYOUT, ONNX_LAYOUT, permute_gates
 from ..ir.graph import Cell, Layer
 from .activations import RNN_OP
 from .context import LowerCtx
-from ..cells.gates import KERAS_LAYOUT, ONNX_LAYOUT, permute_gates
 
 ONNX_OP = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
 # The ONNX ops' default activations (what onnx.reference implements).

@@ -54,7 +54,9 @@ def reassociate(prog: Program) -> Program:
     def fold(ids: list[int]) -> int:
         acc = ids[0]
         for t in ids[1:]:
-            acc = add("add", (acc, t), broadcast(out[acc].shape, out[t].shape))  # type: ignore[arg-type]
+            shape = broadcast(out[acc].shape, out[t].shape)
+            assert shape is not None, "the terms of one sum broadcast together (the parser checked them)"
+            acc = add("add", (acc, t), shape)
         return acc
 
     def product(i: int) -> bool:

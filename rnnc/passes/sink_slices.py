@@ -55,8 +55,9 @@ def sink(prog: Program) -> Program:
         out: dict[int, tuple[int, int]] = {}
         for cid in consumers.get(g.id, []):
             c = nodes[cid]
-            if c.op == "getitem" and _column_slice(c, width):
-                out[cid] = _column_slice(c, width)          # type: ignore[assignment]
+            cols = _column_slice(c, width) if c.op == "getitem" else None
+            if cols is not None:
+                out[cid] = cols
             elif c.op == "split" and c.attr("axis") == 1 and cid not in used_outside:
                 starts = [sum(c.attr("sizes")[:k]) for k in range(len(c.attr("sizes")))]
                 for pid in consumers.get(cid, []):
