@@ -1,4 +1,4 @@
-"""Spec loading: SPEC.md's examples, defaults, references, and located, collected errors."""
+"""Spec loading: docs/spec.md's examples, defaults, references, and located, collected errors."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ from rnnc.errors import SpecError
 from rnnc.ir import build_graph
 from rnnc.spec import load_spec, load_spec_text
 
-SPEC_MD = Path(__file__).resolve().parents[2] / "shared" / "design" / "SPEC.md"
+SPEC_MD = Path(__file__).resolve().parents[1] / "docs" / "spec.md"
 
 
 def spec_errors(text: str) -> list[str]:
@@ -21,10 +21,25 @@ def spec_errors(text: str) -> list[str]:
 
 def test_spec_md_sequential_and_functional_examples_build():
     blocks = re.findall(r"```yaml\n(.*?)```", SPEC_MD.read_text(), re.S)
-    built = [build_graph(load_spec_text(b, "SPEC.md")) for b in blocks if "cells:" not in b]
-    assert [g.name for g in built] == ["lstm_classifier", "encoder_decoder"]
+    built = [build_graph(load_spec_text(b, "spec.md")) for b in blocks if "cells:" not in b]
+    names = [g.name for g in built]
+    assert names[:2] == ["lstm_classifier", "encoder_decoder"] and len(set(names)) == len(names)
     assert built[0].param_count() == 164_106
     assert built[1].param_count() == 258_698
+
+
+def test_spec_md_custom_cell_examples_build():
+    """The `cells:` examples are fragments (no `rnnc:` line, maybe no `inputs:`) or whole specs:
+    a fragment gets `rnnc: 1` and, lacking inputs, one input x (batch, time, 8)."""
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", SPEC_MD.read_text(), re.S) if "cells:" in b]
+    assert len(blocks) >= 2
+    for b in blocks:
+        if not re.search(r"^rnnc:", b, re.M):
+            b = "rnnc: 1\n" + b
+            if not re.search(r"^inputs:", b, re.M):
+                b += "inputs:\n  x: {shape: [batch, time, 8]}\n"
+        g = build_graph(load_spec_text(b, "spec.md"))
+        assert any(c.custom for l in g.layers.values() for c in l.cells)
 
 
 def test_defaults_follow_keras():
