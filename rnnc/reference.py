@@ -12,6 +12,7 @@ from .cells.builtin import CELLS, NumpyOps
 from .cells.custom import numpy_node
 from .cells.lang import evaluate
 from .ir.graph import Graph, Layer
+from .layers import LAYER_DEFS, RefCall
 from .ir.types import Ref
 
 
@@ -26,7 +27,7 @@ def run_reference(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str,
     for layer in graph.layers.values():
         w = {k.split("/", 1)[1]: v.astype(np.float64) for k, v in weights.items()
              if k.split("/", 1)[0] == layer.name}
-        outs = _LAYERS[layer.kind](layer, w, env) if layer.kind in _LAYERS else _recurrent_layer(layer, w, env)
+        outs = run_layer(layer, w, env)
         for port, value in outs.items():
             env[Ref(layer.name, port)] = value
     result = {o.name: np.asarray(env[o.ref]).astype(np.float32 if env[o.ref].dtype.kind == "f" else env[o.ref].dtype)
@@ -35,6 +36,19 @@ def run_reference(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str,
         for port, _, name_out, _ in layer.state_io():
             result[name_out] = env[Ref(layer.name, f"_final_{port}")].astype(np.float32)
     return result
+
+
+def run_layer(layer: Layer, w: dict[str, np.ndarray], env: dict[Ref, np.ndarray]) -> dict[str, np.ndarray]:
+    """One layer on the values in `env` (w: its weights, float64, without the layer prefix)."""
+    if layer.kind in LAYER_DEFS:
+        xs = [np.asarray(env[r]) for r in layer.inputs]
+        xs = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in xs]
+        masks = [None if m is None else np.asarray(env[m], dtype=bool)
+                 for m in (layer.input_masks or (layer.mask_in,))]
+        return LAYER_DEFS[layer.kind].reference(RefCall(layer, w, xs, masks))
+    if layer.kind in _LAYERS:
+        return _LAYERS[layer.kind](layer, w, env)
+    return _recurrent_layer(layer, w, env)
 
 
 def _x(layer: Layer, env: dict) -> np.ndarray:

@@ -12,11 +12,18 @@ from typing import Any
 from ..cells.builtin import CELL_TYPES
 from ..cells.builtin import CELLS as CELL_DEFS
 from ..errors import Problem
+from ..layers import LAYER_DEFS
 from ..ir.semantics import state_ports as ir_state_ports
 from ..spec import schema as S
 
-SUPPORTED = ("Embedding", "Masking", "LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "Dense",
-             "BatchNormalization", "Dropout", "Activation", "Concatenate", "Add", "Multiply", "Average")
+BUILT_IN = ("Embedding", "Masking", "LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "Dense",
+            "BatchNormalization", "Dropout", "Activation", "Concatenate", "Add", "Multiply", "Average")
+
+
+def supported() -> tuple[str, ...]:
+    """The Keras layer classes rnnc imports: the built-in ones and every kind defined in
+    rnnc/layers/ (a LayerDef's keys are Keras's)."""
+    return (*BUILT_IN, *LAYER_DEFS)
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN")
 CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
 IGNORED = {"name", "trainable", "seed", "build_config", "use_cudnn", "implementation", "lora_alpha",
@@ -56,8 +63,8 @@ class LayerConverter:
         cfg = entry.get("config") or {}
         name = cfg.get("name") if isinstance(cfg, dict) else None
         loc = f"{where} ({name}, {cls})"
-        if cls not in SUPPORTED or not str(entry.get("module", "keras")).startswith("keras"):
-            self.err(loc, f"layer type {cls} is not supported by rnnc: expected one of {', '.join(SUPPORTED)}")
+        if cls not in supported() or not str(entry.get("module", "keras")).startswith("keras"):
+            self.err(loc, f"layer type {cls} is not supported by rnnc: expected one of {', '.join(supported())}")
             return None
         if inner and cls not in RECURRENT:
             self.err(loc, f"expected a recurrent layer ({', '.join(RECURRENT)}) inside Bidirectional, got {cls}")
@@ -78,6 +85,13 @@ class LayerConverter:
                 handled.add("zero_output_for_mask")
         keys.pop("initial_state", None)
         keys.pop("lowering", None)
+        ldef = LAYER_DEFS.get(cls)
+        if ldef is not None:
+            handled |= ldef.keras_ignore
+            for why in (ldef.keras_check(cfg) if ldef.keras_check else []):
+                self.err(loc, why)
+            if self.problems and ldef.keras_check and any(p.path == loc for p in self.problems):
+                return None
         if cls == "RNN":
             cell = self.cell(cfg.get("cell"), f"{where}.config.cell", loc)
             if cell is None:

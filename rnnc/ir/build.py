@@ -9,6 +9,7 @@ import numpy as np
 from ..cells.builtin import CELL_TYPES, CELLS
 from ..cells.custom import CellDefError, bind
 from ..errors import Problem, SpecError
+from ..layers import LAYER_DEFS, InferCtx, LayerDef, Refused
 from ..spec.model import CellDecl, LayerDecl, Spec
 from ..spec.schema import CELL_KEYS, CELL_OF_LAYER
 from ..spec.yamlsrc import format_path
@@ -149,14 +150,17 @@ class _Builder:
         return out
 
     # -- layers -----------------------------------------------------------------
-    def layer(self, decl: LayerDecl, ins: list[Ref]) -> Layer:
+    def layer(self, decl: LayerDecl, ins: list[Ref], types: list[TensorType] | None = None) -> Layer:
+        """Build one layer on `ins` (of `types`, by default the producers' types)."""
         t = decl.type
-        types = [self.type_of(r) for r in ins]
+        types = [self.type_of(r) for r in ins] if types is None else types
         line = self.spec.source.line(decl.path)
         base = dict(name=decl.name, kind=t, config=decl.config, inputs=tuple(ins), path=decl.path, line=line)
         merge = t in ("Concatenate", "Add", "Multiply", "Average")
         if t == "RNN":   # one input, or several for a custom cell with `inputs:`
             return self.recurrent(decl, base, ins, types, self.mask_of(ins[0]))
+        if t in LAYER_DEFS:
+            return self.defined(LAYER_DEFS[t], decl, base, ins, types)
         if not merge and len(ins) != 1:
             raise self.fail(decl.path + ("input",), f"a {t} layer takes one input, got {len(ins)}")
         if merge and len(ins) < 2:
@@ -202,6 +206,67 @@ class _Builder:
         if t == "Bidirectional":
             return self.bidirectional(decl, base, ins[0], x, mask)
         return self.recurrent(decl, base, ins, types, mask)
+
+    def defined(self, ldef: LayerDef, decl: LayerDecl, base: dict, ins: list[Ref], types: list[TensorType],
+                masks: list[Ref | None] | None = None) -> Layer:
+        """A layer kind defined by a LayerDef (rnnc/layers/): its shape rule, then Keras's mask
+        rule for it. `masks`: the inputs' masks when not the producers' (a wrapped layer)."""
+        lo, hi = ldef.inputs
+        if not lo <= len(ins) <= (hi if hi is not None else len(ins)):
+            want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise self.fail(decl.path + ("input",), f"a {ldef.kind} layer takes {want} input(s), got {len(ins)}")
+        for i, (r, ty) in enumerate(zip(ins, types)):
+            allowed = ldef.dtypes if i == 0 else ("float32",)
+            if ty.dtype not in allowed:
+                raise self.fail(decl.path + ("input",), f"{ldef.kind} expects {' or '.join(allowed)} input, got "
+                                f"{ty.dtype} from {r}" + (" (integer token ids need an Embedding first)"
+                                                          if ty.dtype.startswith("int") else ""))
+        masks = [self.mask_of(r) for r in ins] if masks is None else masks
+
+        def fail(key: str | None, message: str) -> _Fail:
+            return self.fail(decl.path + ((key,) if key else ()), message)
+
+        def build_wrapped(step: list[TensorType]) -> Layer:
+            inner: LayerDecl | None = decl.config.get("layer")
+            if inner is None:    # refused by the loader
+                raise Refused()
+            step_ref = Ref(f"{decl.name}/step", "input")
+            inner = replace(inner, name="layer")
+            base_in = dict(name="layer", kind=inner.type, config=inner.config, inputs=(step_ref,), path=inner.path,
+                           line=self.spec.source.line(inner.path))
+            try:
+                if inner.type in LAYER_DEFS:
+                    return self.defined(LAYER_DEFS[inner.type], inner, base_in, [step_ref], step, masks=[None])
+                return self.layer(inner, [step_ref], types=step)
+            except _Fail:
+                raise Refused() from None
+
+        ctx = InferCtx(name=decl.name, kind=ldef.kind, config=decl.config, types=types, refs=ins, masks=masks,
+                       fail=fail, same_dim=lambda a, b, what: self.same_dim(a, b, decl, what),
+                       build_wrapped=build_wrapped if ldef.wraps else None)
+        try:
+            res = ldef.infer(ctx)
+        except Refused:
+            raise _Fail() from None
+        mask = masks[0]
+        notes = res.notes
+        mode = ldef.masking
+        if mode == "infer":
+            mode = {"pass": "pass", "none": "drop", "own": "own"}[res.mask_out]
+            if res.consumes_mask and mode == "drop":
+                mode = "consume"
+        mask_in = mask_out = None
+        if mode == "pass":
+            mask_in = mask_out = mask
+        elif mode == "consume":
+            mask_in = mask
+        elif mode == "own":
+            mask_in = mask if res.consumes_mask else None
+            mask_out = Ref(decl.name, "mask")
+        elif mask is not None:   # drop
+            notes += (f"incoming mask dropped: Keras 3's {ldef.kind} does not support masking",)
+        return Layer(**base, outputs=res.outputs, params=res.params, mask_in=mask_in, mask_out=mask_out,
+                     input_masks=tuple(masks) if len(ins) > 1 else (), notes=notes, wrapped=res.wrapped)
 
     def check_sizes(self, decl: LayerDecl, layer: Layer) -> None:
         """Refuse sizes no model can have before anything is allocated: an ONNX file holds at

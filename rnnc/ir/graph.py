@@ -93,6 +93,7 @@ class Layer:
     recurrence: Recurrence | None = None    # recurrent layers and Bidirectional halves
     cells: tuple[Cell, ...] = ()            # recurrent layers: the cells, stacked in order
     sublayers: tuple["Layer", ...] = ()     # Bidirectional: (forward, backward)
+    wrapped: "Layer | None" = None          # a wrapper's layer (TimeDistributed), built on one step's input
     time: int | str | None = None           # recurrent layers: the input's time dim
     states: tuple[tuple[str, tuple[int | str, ...]], ...] = ()  # recurrent: every state (port, dims), returned or not
 

@@ -6,12 +6,30 @@ from ..emit.model import LoweredGraph
 from ..errors import InternalError
 from ..ir.graph import Layer
 from ..ir.types import Ref
+from ..layers import LAYER_DEFS
+from . import activation as _activation  # noqa: F401  (imported for its @register side effects)
+from . import conv as _conv  # noqa: F401  (imported for its @register side effects)
 from . import layers as _layers  # noqa: F401  (imported for its @register side effects)
+from . import merging as _merging  # noqa: F401  (imported for its @register side effects)
+from . import normalization as _normalization  # noqa: F401  (imported for its @register side effects)
+from . import shape as _shape  # noqa: F401  (imported for its @register side effects)
 from . import recurrent as _recurrent  # noqa: F401  (imported for its @register side effects)
 from .context import LowerCtx, Lowered
-from .registry import register, rule
+from .registry import has_rule, register, rule
 
 __all__ = ["LowerCtx", "Lowered", "LoweredGraph", "register", "rule", "lower_graph", "supports"]
+
+
+def _check_rules() -> None:
+    """Every layer kind defined in rnnc/layers/ has its ONNX lowering here (a developer error
+    otherwise: this runs when rnnc.lower is imported)."""
+    missing = [k for k in LAYER_DEFS if not has_rule(k, "plain")]
+    if missing:
+        raise RuntimeError(f"layer kinds without a lowering rule (register one with @register(kind, 'plain') in "
+                           f"rnnc/lower/): {', '.join(missing)}")
+
+
+_check_rules()
 
 
 def supports(kind: str, strategy: str, layer: Layer, target: str) -> str | None:

@@ -42,3 +42,7 @@ def rule(kind: str, strategy: str) -> Rule:
         raise LoweringError(f"no lowering rule for {kind} with strategy {strategy!r}; rules: {have}") from None
 
 
+
+
+def has_rule(kind: str, strategy: str) -> bool:
+    return (kind, strategy) in _RULES

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .. import layers as layer_defs   # defines the LayerDef kinds (rnnc/layers/) in the vocabulary
 from ..cells.custom import check_definition
 from ..errors import Problem, SpecError
 from . import schema as S
@@ -209,6 +210,9 @@ def _layer(c: _Checker, item: Any, path: KeyPath, cells: dict, *, top: bool) -> 
     cfg.pop("type")
     if t == "RNN":
         cfg["cell"] = _cells(c, item.get("cell"), path + ("cell",), cells)
+    ldef = layer_defs.LAYER_DEFS.get(t)
+    if ldef is not None and ldef.wraps:
+        cfg["layer"] = _wrapped(c, item.get("layer"), path + ("layer",), cells, t)
     if t == "Bidirectional":
         cfg["layer"] = _inner(c, item.get("layer"), path + ("layer",), cells)
         if item.get("backward_layer") is not None:
@@ -225,6 +229,19 @@ def _inner(c: _Checker, item: Any, path: KeyPath, cells: dict) -> LayerDecl | No
         return None
     if decl.config.get("initial_state") is not None:
         c.err(path + ("initial_state",), "initial_state is not accepted inside Bidirectional's layer")
+    return decl
+
+
+def _wrapped(c: _Checker, item: Any, path: KeyPath, cells: dict, wrapper: str) -> LayerDecl | None:
+    """The layer inside a wrapper (TimeDistributed): any layer but a recurrent one or a
+    Bidirectional, without `input:`."""
+    decl = _layer(c, item, path, cells, top=False)
+    if decl is None:
+        return None
+    if decl.type in (*S.RECURRENT_LAYERS, "Bidirectional"):
+        c.err(path + ("type",), f"{wrapper} around a recurrent layer is not supported: the recurrent layer "
+              "already runs over time (wrap the layers that act on one step)")
+        return None
     return decl
 
 

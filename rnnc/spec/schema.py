@@ -72,6 +72,42 @@ def _refs(v: Any) -> tuple[bool, Any, str]:
     return ok, tuple(v) if ok else v, "a reference (`layer`, `layer.state_h`, an input name) or a list of them"
 
 
+def _nonneg_float(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+    return ok, float(v) if ok else v, "a number >= 0"
+
+
+def optional(check: Check) -> Check:
+    """`check`, or null (kept as None)."""
+    def opt(v: Any) -> tuple[bool, Any, str]:
+        if v is None:
+            return True, None, ""
+        ok, value, expected = check(v)
+        return ok, value, f"null or {expected}"
+    return opt
+
+
+def int_tuple(n: int | None = None, *, minimum: int | None = 1) -> Check:
+    """An integer or a list of integers (Keras's kernel_size, strides, ...), each at least
+    `minimum` (None: any), kept as a tuple of n (an integer is repeated n times); n None: a
+    non-empty list of any length."""
+    kind = "an integer" if minimum is None else f"an integer >= {minimum}"
+
+    def check(v: Any) -> tuple[bool, Any, str]:
+        vals = [v] * (n or 1) if isinstance(v, int) and not isinstance(v, bool) else v
+        ok = (isinstance(vals, (list, tuple)) and len(vals) > 0 and (n is None or len(vals) == n)
+              and all(isinstance(x, int) and not isinstance(x, bool) and (minimum is None or x >= minimum)
+                      for x in vals))
+        return ok, tuple(vals) if ok else v, f"{kind} or a list of {n or 'such'} integers"
+    return check
+
+
+# The checks, public for rnnc/layers/ to build its keys from.
+positive_int, boolean, rate, positive_float, nonneg_float, number, integer = (
+    _positive_int, _bool, _rate, _positive_float, _nonneg_float, _float, _int)
+enum, activation, optional_activation, refs = _enum, _activation, _optional_activation, _refs
+
+
 @dataclass(frozen=True)
 class Key:
     check: Check
@@ -152,6 +188,17 @@ DEFAULT_NAMES = {
     "Activation": "activation", "Concatenate": "concatenate", "Add": "add",
     "Multiply": "multiply", "Average": "average",
 }
+
+
+
+def register_layer(kind: str, keys: dict[str, Key], default_name: str) -> None:
+    """Add a layer kind's keys and Keras default name to the vocabulary: how rnnc/layers/
+    (one LayerDef per kind) extends the tables above."""
+    if kind in LAYER_KEYS:
+        raise ValueError(f"layer kind {kind!r} is in the vocabulary already")
+    LAYER_KEYS[kind] = dict(keys)
+    DEFAULT_NAMES[kind] = default_name
+
 
 TOP_KEYS = {"rnnc", "name", "inputs", "layers", "outputs", "weights", "seed", "cells"}
 INPUT_KEYS = {"shape", "dtype"}

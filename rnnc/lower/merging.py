@@ -1,0 +1,2 @@
+"""ONNX forms of the layers in rnnc/layers/merging.py."""
+from __future__ import annotations

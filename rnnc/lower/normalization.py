@@ -1,0 +1,2 @@
+"""ONNX forms of the layers in rnnc/layers/normalization.py."""
+from __future__ import annotations
