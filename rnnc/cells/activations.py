@@ -1,8 +1,9 @@
-"""The activations of SPEC.md, with Keras 3's definitions (NumPy), used by the reference
+"""The activations of docs/spec.md, with Keras 3's definitions (NumPy), used by the reference
 interpreter. Their ONNX forms live in rnnc/lower/activations.py."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -26,7 +27,7 @@ def _elu(x: np.ndarray) -> np.ndarray:
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
-NUMPY: dict[str, object] = {
+NUMPY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tanh": np.tanh,
     "sigmoid": _sigmoid,
     "relu": lambda x: np.maximum(x, 0),
@@ -59,5 +60,5 @@ def per_gate(ops, name: str, x, n: int) -> list:
 
 def apply(name: str, x: np.ndarray) -> np.ndarray:
     """Apply activation `name` in float64 and return x's dtype."""
-    y = NUMPY[name](np.asarray(x, dtype=np.float64))  # type: ignore[operator]
+    y = NUMPY[name](np.asarray(x, dtype=np.float64))
     return np.asarray(y, dtype=np.asarray(x).dtype)

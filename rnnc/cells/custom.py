@@ -1,4 +1,4 @@
-"""Custom cells (SPEC.md, "Custom cells"): a cell definition from the spec's `cells:`,
+"""Custom cells (docs/spec.md, "Custom cells"): a cell definition from the spec's `cells:`,
 checked as data at load time, then bound to a layer (its attributes and the sizes of the
 connected inputs) and parsed into a Program (rnnc/cells/lang.py)."""
 from __future__ import annotations
@@ -7,7 +7,8 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
-from .lang import Program, StepError, parse_step
+from .lang import Node, Program, StepError, int_value, parse_step
+from .ops import OPS
 
 DEF_KEYS = {"attrs", "inputs", "params", "state", "step", "output"}
 INITS = ("glorot_uniform", "glorot_normal", "orthogonal", "zeros", "ones", "uniform", "normal")
@@ -48,21 +49,14 @@ def int_eval(text: Any, ints: dict[str, int], path: tuple) -> int:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise CellDefError(path, f"expected an integer expression such as `3 * units`, got {text!r}") from None
 
-    def ev(e: ast.AST) -> int:
-        if isinstance(e, ast.Constant) and isinstance(e.value, int) and not isinstance(e.value, bool):
-            return e.value
-        if isinstance(e, ast.Name):
-            if e.id not in ints:
-                raise CellDefError(path, f"unknown size `{e.id}` in {text!r}: expected one of {', '.join(sorted(ints))}")
-            return ints[e.id]
-        if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv)):
-            a, b = ev(e.left), ev(e.right)
-            if isinstance(e.op, ast.FloorDiv) and b == 0:
-                raise CellDefError(path, f"division by zero in {text!r}")
-            return {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-                    ast.FloorDiv: lambda: a // b}[type(e.op)]()
-        raise CellDefError(path, f"expected an integer expression of attributes and sizes, got {text!r}")
-    return ev(tree)
+    def fail(reason: str, node: ast.AST) -> CellDefError:
+        if reason == "unknown":
+            return CellDefError(path, f"unknown size `{node.id}` in {text!r}: "  # type: ignore[attr-defined]
+                                f"expected one of {', '.join(sorted(ints))}")
+        if reason == "zero":
+            return CellDefError(path, f"division by zero in {text!r}")
+        return CellDefError(path, f"expected an integer expression of attributes and sizes, got {text!r}")
+    return int_value(tree, ints, fail, signs=False)     # a dimension has no sign
 
 
 def check_definition(name: str, d: Any) -> list[tuple[tuple, str]]:
@@ -174,53 +168,10 @@ def bind(name: str, d: dict, attrs: dict[str, Any], input_shapes: list[tuple[int
 
 # ---- NumPy semantics of the step's nodes (the reference interpreter's backend) ----------
 
-def numpy_node(node: Any, args: list[Any], values: dict[str, Any] | None = None) -> Any:
-    """Evaluate one step node on NumPy arrays (full shapes, batch axis first)."""
-    import numpy as np
-
-    from .activations import apply
-
-    op, a = node.op, args
-    binary = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
-              "minimum": np.minimum, "maximum": np.maximum, "less": np.less, "less_equal": np.less_equal,
-              "greater": np.greater, "greater_equal": np.greater_equal, "equal": np.equal, "not_equal": np.not_equal}
-    if op == "const":
-        return np.float64(node.attr("value"))
-    if op in binary:
-        return binary[op](a[0], a[1])
-    if op == "matmul":
-        return np.matmul(a[0], a[1])
-    if op == "gemm":   # made by the reassociate pass: a @ b + c
-        return np.matmul(a[0], a[1]) + a[2]
-    if op == "neg":
-        return -a[0]
-    if op in ("exp", "log", "sqrt", "abs"):
-        return getattr(np, op)(a[0])
-    if op == "act":
-        return apply(node.attr("name"), np.asarray(a[0]))
-    if op == "clip":
-        return np.clip(a[0], node.attr("lo"), node.attr("hi"))
-    if op == "where":
-        return np.where(a[0], a[1], a[2])
-    if op == "getitem":
-        idx = tuple(slice(None) if s[0] == "all" else slice(s[1], None if s[2] < 0 else s[2], s[3])
-                    if s[0] == "slice" else s[1] for s in node.attr("index"))
-        return a[0][idx]
-    if op == "concat":
-        return np.concatenate(a, axis=node.attr("axis"))
-    if op == "stack":
-        return np.stack(a, axis=node.attr("axis"))
-    if op == "split":
-        return np.split(a[0], np.cumsum(node.attr("sizes"))[:-1], axis=node.attr("axis"))
-    if op == "pick":
-        return a[0][node.attr("index")]
-    if op == "einsum":
-        return np.einsum(node.attr("equation"), *a)
-    if op == "transpose":
-        return np.transpose(a[0], node.attr("perm"))
-    if op == "reshape":
-        batched = node.shape[:1] == (-1,)
-        return np.reshape(a[0], ((a[0].shape[0],) if batched else ()) + tuple(node.attr("shape_to")))
-    if op in ("sum", "mean"):
-        return getattr(np, op)(a[0], axis=tuple(node.attr("axes")), keepdims=node.attr("keepdims"))
-    raise ValueError(f"unknown step op {op!r}")  # pragma: no cover - the parser makes only the ops above
+def numpy_node(node: Node, args: list[Any], values: dict[str, Any] | None = None) -> Any:
+    """Evaluate one step node on NumPy arrays (full shapes, batch axis first): the op table's
+    NumPy function (rnnc/cells/ops.py)."""
+    d = OPS.get(node.op)
+    if d is None:   # pragma: no cover - the parser and the passes make only table ops
+        raise ValueError(f"unknown step op {node.op!r}")
+    return d.numpy(node, args)

@@ -11,41 +11,52 @@ else is a SpecError that points at the step's line and column.
 
 Shapes are checked as the graph is built. Batched values carry the batch axis first, as the
 user writes them (`z[:, :units]`, `einsum("bij,ijkl->bkl", ...)`, `axis=-1`); in a full
-shape the batch axis is the marker B."""
+shape the batch axis is the marker B.
+
+What each op takes, its shape rule and its NumPy meaning are in the op table
+(rnnc/cells/ops.py); this module holds the syntax: operators, subscripts, calls dispatched
+by the table, statements."""
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from .activations import NAMES as ACTIVATIONS
+from .ops import (
+    CALLS,
+    FUNCTIONS,
+    OPS,
+    Arg,
+    B,
+    Dtype,
+    Keyword,
+    Shape,
+    StepError,
+    broadcast,
+    einsum_equation,
+    normalize_axis,
+    show,
+)
 
-B = -1  # the batch axis in a full shape
+__all__ = ["B", "FUNCTIONS", "Node", "Program", "ProgramWriter", "StepError", "broadcast", "evaluate", "int_value",
+           "live_nodes", "parse_step", "reads_inputs", "show", "state_dependent"]
 
-UNARY = {"exp", "log", "sqrt", "abs", *ACTIVATIONS}
-FUNCTIONS = sorted(UNARY | {"minimum", "maximum", "clip", "concat", "split", "stack", "einsum", "matmul",
-                            "transpose", "reshape", "sum", "mean", "where"})
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.MatMult: "matmul"}
 _CMPOPS = {ast.Lt: "less", ast.LtE: "less_equal", ast.Gt: "greater", ast.GtE: "greater_equal",
            ast.Eq: "equal", ast.NotEq: "not_equal"}
 
 
-class StepError(Exception):
-    """A problem in the step text at (line, col) of the text (1-based line, 0-based col)."""
-
-    def __init__(self, message: str, line: int = 1, col: int = 0):
-        super().__init__(message)
-        self.message, self.line, self.col = message, line, col
-
-
 @dataclass(frozen=True)
 class Node:
+    """One value of a step: op `op` (a table op, rnnc/cells/ops.py, or a source: input, state,
+    param) of the nodes `args`, with attributes `attrs` (sorted by name)."""
+
     id: int
     op: str
     args: tuple[int, ...]
     attrs: tuple[tuple[str, Any], ...]
-    shape: tuple[int, ...]          # full shape; batched values start with B
-    dtype: str = "float"            # "float" | "bool" | "tuple" (split: pick its parts)
+    shape: Shape                    # full shape; batched values start with B
+    dtype: Dtype = "float"          # "float" | "bool" | "tuple" (split: pick its parts)
 
     @property
     def batched(self) -> bool:
@@ -57,7 +68,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Program:
-    """A parsed step: nodes in evaluation order."""
+    """A parsed step: nodes in evaluation order (a node's args come before it)."""
 
     nodes: tuple[Node, ...]
     inputs: tuple[tuple[str, int], ...]       # step input name -> node
@@ -67,27 +78,35 @@ class Program:
     outputs: tuple[int, ...]
 
 
-def show(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join("batch" if d == B else str(d) for d in shape) + ")"
-
-
-def broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = a[-i] if i <= len(a) else 1
-        y = b[-i] if i <= len(b) else 1
-        if x == y or y == 1:
-            out.append(x)
-        elif x == 1:
-            out.append(y)
-        else:
-            return None
-    return tuple(reversed(out))
+def int_value(e: ast.AST, ints: Mapping[str, int], fail: Callable[[str, ast.AST], Exception], *,
+              signs: bool = True) -> int:
+    """The value of an integer expression of attributes and sizes (`3 * units`, `units // 2`):
+    integer literals, names in `ints`, + - * //, and unary +/- where `signs`. Anything else
+    raises `fail(reason, node)`, reason "unknown" (a name not in ints), "zero" (// by zero)
+    or "other" (node: the part that is not allowed). One evaluator for the step's integer
+    arguments (here) and the dimensions of a cell definition (rnnc/cells/custom.py)."""
+    if isinstance(e, ast.Constant) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return e.value
+    if isinstance(e, ast.Name):
+        if e.id in ints:
+            return ints[e.id]
+        raise fail("unknown", e)
+    if signs and isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
+        v = int_value(e.operand, ints, fail, signs=signs)
+        return -v if isinstance(e.op, ast.USub) else v
+    if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv)):
+        a, b = int_value(e.left, ints, fail, signs=signs), int_value(e.right, ints, fail, signs=signs)
+        if isinstance(e.op, ast.FloorDiv):
+            if b == 0:
+                raise fail("zero", e)
+            return a // b
+        return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}[type(e.op)]
+    raise fail("other", e)
 
 
 class _Builder:
-    def __init__(self, ints: dict[str, int], inputs: dict[str, tuple[int, ...]], states: dict[str, tuple[int, ...]],
-                 params: dict[str, tuple[int, ...]]):
+    def __init__(self, ints: dict[str, int], inputs: dict[str, Shape], states: dict[str, Shape],
+                 params: dict[str, Shape]):
         self.ints = ints
         self.nodes: list[Node] = []
         self.env: dict[str, int] = {}
@@ -102,31 +121,41 @@ class _Builder:
     def error(self, message: str) -> StepError:
         return StepError(message, *self.where)
 
-    def add(self, op: str, args: tuple[int, ...], shape: tuple[int, ...], dtype: str = "float", **attrs: Any) -> int:
+    def located(self, f: Callable[..., Any], *args: Any) -> Any:
+        """f(*args), its StepError placed at the expression being built."""
+        try:
+            return f(*args)
+        except StepError as e:
+            raise self.error(e.message) from None
+
+    def add(self, op: str, args: tuple[int, ...], shape: Shape, dtype: Dtype = "float", **attrs: Any) -> int:
         self.nodes.append(Node(len(self.nodes), op, args, tuple(sorted(attrs.items())), tuple(shape), dtype))
         return len(self.nodes) - 1
+
+    def make(self, op: str, args: tuple[int, ...], **attrs: Any) -> int:
+        """A node of table op `op` on nodes `args`: the table resolves its attributes and gives
+        its shape and dtype (rnnc/cells/ops.py)."""
+        d = OPS[op]
+        ins = [self.node(i) for i in args]
+        try:
+            if d.resolve is not None:
+                attrs = d.resolve(ins, attrs)
+            shape = d.shape(ins, attrs)
+        except StepError as e:
+            raise self.error(e.message) from None
+        return self.add(op, args, shape, d.result_dtype(ins), **attrs)
 
     def node(self, i: int) -> Node:
         return self.nodes[i]
 
     # -- integer expressions (slice bounds, shapes, axes) -------------------------
     def int_expr(self, e: ast.AST, what: str) -> int:
-        if isinstance(e, ast.Constant) and isinstance(e.value, int) and not isinstance(e.value, bool):
-            return e.value
-        if isinstance(e, ast.Name) and e.id in self.ints:
-            return self.ints[e.id]
-        if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
-            v = self.int_expr(e.operand, what)
-            return -v if isinstance(e.op, ast.USub) else v
-        if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv)):
-            a, b = self.int_expr(e.left, what), self.int_expr(e.right, what)
-            if isinstance(e.op, ast.FloorDiv):
-                if b == 0:
-                    raise self.error(f"{what}: division by zero")
-                return a // b
-            return {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}[type(e.op)]
-        raise self.error(f"{what}: expected an integer expression of attributes and sizes "
-                         f"({', '.join(sorted(self.ints)) or 'none'}), got `{ast.unparse(e)}`")
+        def fail(reason: str, node: ast.AST) -> StepError:
+            if reason == "zero":
+                return self.error(f"{what}: division by zero")
+            return self.error(f"{what}: expected an integer expression of attributes and sizes "
+                              f"({', '.join(sorted(self.ints)) or 'none'}), got `{ast.unparse(node)}`")
+        return int_value(e, self.ints, fail)
 
     def int_list(self, e: ast.AST, what: str) -> list[int]:
         if isinstance(e, (ast.List, ast.Tuple)):
@@ -139,26 +168,25 @@ class _Builder:
         if isinstance(e, ast.Constant):
             if isinstance(e.value, bool) or not isinstance(e.value, (int, float)):
                 raise self.error(f"expected a number, got {e.value!r}")
-            return self.add("const", (), (), value=float(e.value))
+            return self.make("const", (), value=float(e.value))
         if isinstance(e, ast.Name):
             if e.id in self.env:
                 return self.env[e.id]
             if e.id in self.ints:
-                return self.add("const", (), (), value=float(self.ints[e.id]))
+                return self.make("const", (), value=float(self.ints[e.id]))
             known = sorted(set(self.env) | set(self.ints))
             raise self.error(f"unknown name `{e.id}`: expected one of {', '.join(known)}")
         if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
             x = self.expr(e.operand)
-            return x if isinstance(e.op, ast.UAdd) else self.add("neg", (x,), self.node(x).shape)
+            return x if isinstance(e.op, ast.UAdd) else self.operator("neg", x)
         if isinstance(e, ast.BinOp) and type(e.op) in _BINOPS:
             a, b = self.expr(e.left), self.expr(e.right)
             self.where = (e.lineno, e.col_offset)
-            op = _BINOPS[type(e.op)]
-            return self.matmul(a, b) if op == "matmul" else self.elementwise(op, a, b)
+            return self.operator(_BINOPS[type(e.op)], a, b)
         if isinstance(e, ast.Compare) and len(e.ops) == 1 and type(e.ops[0]) in _CMPOPS:
             a, b = self.expr(e.left), self.expr(e.comparators[0])
             self.where = (e.lineno, e.col_offset)
-            return self.elementwise(_CMPOPS[type(e.ops[0])], a, b, dtype="bool")
+            return self.operator(_CMPOPS[type(e.ops[0])], a, b)
         if isinstance(e, ast.Subscript):
             return self.subscript(e)
         if isinstance(e, ast.Call):
@@ -171,28 +199,21 @@ class _Builder:
             if self.node(i).dtype != "float":
                 raise self.error(f"expected a number tensor, got a {self.node(i).dtype} value")
 
-    def elementwise(self, op: str, a: int, b: int, dtype: str = "float") -> int:
-        self.floats(a, b)
-        sa, sb = self.node(a).shape, self.node(b).shape
-        out = broadcast(sa, sb)
-        if out is None:
-            raise self.error(f"shapes {show(sa)} and {show(sb)} do not broadcast for `{op}`")
-        return self.add(op, (a, b), out, dtype)
+    def check_dtypes(self, operands: list[tuple[Arg, list[int]]]) -> None:
+        """Each operand holds what its Arg asks for (a float tensor, unless it says otherwise)."""
+        for arg, ids in operands:
+            if arg.dtype == "float":
+                self.floats(*ids)
+            elif arg.dtype == "bool":
+                for i in ids:
+                    if self.node(i).dtype != "bool":
+                        raise self.error(arg.dtype_error or f"expected a comparison, got a {self.node(i).dtype} value")
 
-    def matmul(self, a: int, b: int) -> int:
-        self.floats(a, b)
-        sa, sb = self.node(a).shape, self.node(b).shape
-        if not sa or not sb:
-            raise self.error("matmul needs tensors of rank 1 or more, got a scalar")
-        ea, eb = (sa if len(sa) > 1 else (1, *sa)), (sb if len(sb) > 1 else (*sb, 1))
-        if ea[-1] != eb[-2] or B in (ea[-1], eb[-2]):
-            raise self.error(f"matmul: inner dims differ: {show(sa)} @ {show(sb)} (expected {sa[-1]} == "
-                             f"{sb[0] if len(sb) == 1 else sb[-2]})")
-        batch = broadcast(ea[:-2], eb[:-2])
-        if batch is None:
-            raise self.error(f"matmul: leading dims of {show(sa)} and {show(sb)} do not broadcast")
-        out = (*batch, *([ea[-2]] if len(sa) > 1 else []), *([eb[-1]] if len(sb) > 1 else []))
-        return self.add("matmul", (a, b), out)
+    def operator(self, op: str, *ids: int) -> int:
+        """An operator's node (+, @, <, unary -) on computed operands."""
+        d = OPS[op]
+        self.check_dtypes([(arg, [i]) for arg, i in zip(d.positional(len(ids)), ids)])
+        return self.make(op, ids)
 
     def subscript(self, e: ast.Subscript) -> int:
         if isinstance(e.value, ast.Call) and getattr(e.value.func, "id", None) == "split":
@@ -209,14 +230,12 @@ class _Builder:
         n_real = sum(not (isinstance(i, ast.Constant) and i.value is Ellipsis) for i in items)
         if n_real > len(shape):
             raise self.error(f"too many indices ({n_real}) for shape {show(shape)}")
-        spec: list[tuple] = []
-        out: list[int] = []
+        spec: list[tuple] = []       # per axis: ("all",), ("slice", start, stop, step), ("index", k)
         axis = 0
         for it in items:
             if isinstance(it, ast.Constant) and it.value is Ellipsis:
                 skip = len(shape) - n_real
                 spec += [("all",)] * skip
-                out += list(shape[axis:axis + skip])
                 axis += skip
                 continue
             size = shape[axis]
@@ -230,14 +249,11 @@ class _Builder:
                     if (lo, hi, st) != (None, None, None):
                         raise self.error("the batch axis (first) can only be taken whole: `:`")
                     spec.append(("all",))
-                    out.append(B)
                 else:
                     start, stop, step = slice(lo, hi, st).indices(size)
-                    n = len(range(start, stop, step))
-                    if n == 0:
+                    if not range(start, stop, step):
                         raise self.error(f"slice `{ast.unparse(it)}` of an axis of size {size} is empty")
                     spec.append(("slice", start, stop, step))
-                    out.append(n)
             else:
                 if size == B:
                     raise self.error("cannot index the batch axis (first): use `:` for it")
@@ -247,22 +263,23 @@ class _Builder:
                 spec.append(("index", k % size))
             axis += 1
         spec += [("all",)] * (len(shape) - axis)
-        out += list(shape[axis:])
-        return self.add("getitem", (x,), tuple(out), self.node(x).dtype, index=tuple(spec))
+        return self.make("getitem", (x,), index=tuple(spec))
 
     # -- calls ---------------------------------------------------------------------
     def call(self, e: ast.Call) -> int:
+        """A function call, dispatched by the op table: arguments converted in the table's
+        order (rnnc/cells/ops.py, OpDef), then the node made."""
         if not isinstance(e.func, ast.Name):
             raise self.error(f"not allowed in a step: calling `{ast.unparse(e.func)}` (only the listed functions: "
                              f"{', '.join(FUNCTIONS)})")
         fn = e.func.id
-        if fn not in FUNCTIONS:
+        if fn not in CALLS:
             raise self.error(f"unknown function `{fn}`: expected one of {', '.join(FUNCTIONS)}")
+        d = OPS[CALLS[fn]]
         kw = {k.arg: k.value for k in e.keywords}
         if None in kw:
             raise self.error("`**` arguments are not allowed in a step")
-        allowed = {"concat": {"axis"}, "stack": {"axis"}, "split": {"axis"}, "sum": {"axis", "keepdims"},
-                   "mean": {"axis", "keepdims"}}.get(fn, set())
+        allowed = {k.name for k in d.keywords}
         for k in kw:
             if k not in allowed:
                 raise self.error(f"{fn}() takes no keyword `{k}`" + (f" (it takes {', '.join(sorted(allowed))})"
@@ -271,116 +288,52 @@ class _Builder:
             raise self.error("`*` arguments are not allowed in a step")
         args = e.args
         self.where = (e.lineno, e.col_offset)
+        lo, hi = d.arity
+        if len(args) < lo or (hi is not None and len(args) > hi):
+            raise self.error(d.usage or f"{fn}() takes {lo}{' or more' if hi is None else ''} argument(s), "
+                                        f"got {len(args)}")
+        specs = d.positional(len(args))
+        attrs: dict[str, Any] = {}
+        for a, s in zip(args, specs):           # 1. literals (an einsum equation)
+            if s.kind == "equation":
+                if not isinstance(a, ast.Constant) or not isinstance(a.value, str):
+                    raise self.error(d.usage or f"{fn}(): `{s.name}` must be a string")
+                attrs[s.name] = self.located(einsum_equation, a.value)
+        operands: list[tuple[Arg, list[int]]] = []
+        for a, s in zip(args, specs):           # 2. tensors
+            if s.kind == "tensor":
+                operands.append((s, [self.expr(a)]))
+            elif s.kind == "tensors":
+                if not isinstance(a, (ast.List, ast.Tuple)) or not a.elts:
+                    raise self.error(f"{fn}() takes a list of tensors: {fn}([a, b], axis=-1)")
+                operands.append((s, [self.expr(v) for v in a.elts]))
+        self.check_dtypes(operands)             # 3. their dtypes
+        ids = tuple(i for _, group in operands for i in group)
+        for k in d.keywords:                    # 4. keywords
+            attrs[k.name] = self.keyword(k, kw.get(k.name), ids[0] if ids else -1)
+        for a, s in zip(args, specs):           # 5. the other arguments
+            if s.kind == "number":
+                attrs[s.name] = self.number(a)
+            elif s.kind == "ints":
+                attrs[s.name] = self.int_list(a, s.what)
+            elif s.kind == "count_or_sizes":
+                attrs[s.name] = self.int_list(a, f"{s.what} sizes") if isinstance(a, (ast.List, ast.Tuple)) \
+                    else self.int_expr(a, f"{s.what} count")
+        if d.name_attr:
+            attrs["name"] = fn
+        return self.make(d.name, ids, **attrs)
 
-        def arity(*n: int) -> None:
-            if len(args) not in n:
-                raise self.error(f"{fn}() takes {' or '.join(map(str, n))} argument(s), got {len(args)}")
-
-        if fn in UNARY:
-            arity(1)
-            x = self.expr(args[0])
-            self.floats(x)
-            if fn == "softmax" and not self.node(x).shape:
-                raise self.error("softmax() normalizes over the last axis: expected a tensor of rank 1 or more, "
-                                 "got a scalar")
-            return self.add("act" if fn in ACTIVATIONS else fn, (x,), self.node(x).shape, name=fn)
-        if fn in ("minimum", "maximum"):
-            arity(2)
-            return self.elementwise(fn, self.expr(args[0]), self.expr(args[1]))
-        if fn == "matmul":
-            arity(2)
-            return self.matmul(self.expr(args[0]), self.expr(args[1]))
-        if fn == "clip":
-            arity(3)
-            x = self.expr(args[0])
-            self.floats(x)
-            lo, hi = self.number(args[1]), self.number(args[2])
-            if lo > hi:
-                raise self.error(f"clip: lower bound {lo} is above upper bound {hi}")
-            return self.add("clip", (x,), self.node(x).shape, lo=lo, hi=hi)
-        if fn == "where":
-            arity(3)
-            c, a, b = (self.expr(v) for v in args)
-            if self.node(c).dtype != "bool":
-                raise self.error("where(): the condition must be a comparison, such as `x > 0`")
-            self.floats(a, b)
-            out = broadcast(self.node(c).shape, self.node(a).shape)
-            out = broadcast(out, self.node(b).shape) if out is not None else None
-            if out is None:
-                raise self.error("where(): shapes do not broadcast: " + ", ".join(show(self.node(v).shape) for v in (c, a, b)))
-            return self.add("where", (c, a, b), out)
-        if fn in ("concat", "stack"):
-            arity(1)
-            if not isinstance(args[0], (ast.List, ast.Tuple)) or not args[0].elts:
-                raise self.error(f"{fn}() takes a list of tensors: {fn}([a, b], axis=-1)")
-            xs = [self.expr(v) for v in args[0].elts]
-            self.floats(*xs)
-            axis = self.int_expr(kw["axis"], "axis") if "axis" in kw else (-1 if fn == "concat" else 0)
-            return self.join(fn, xs, axis)
-        if fn == "split":
-            arity(2)
-            x = self.expr(args[0])
-            self.floats(x)
-            axis = self.axis(x, self.int_expr(kw["axis"], "axis") if "axis" in kw else -1)
-            size = self.node(x).shape[axis]
-            if isinstance(args[1], (ast.List, ast.Tuple)):
-                sizes = self.int_list(args[1], "split sizes")
-                if sum(sizes) != size or min(sizes) <= 0:
-                    raise self.error(f"split sizes {sizes} must be positive and add up to {size}")
-            else:
-                n = self.int_expr(args[1], "split count")
-                if n <= 0 or size % n:
-                    raise self.error(f"split: an axis of size {size} does not split into {n} equal parts")
-                sizes = [size // n] * n
-            return self.add("split", (x,), self.node(x).shape, "tuple", axis=axis, sizes=tuple(sizes))
-        if fn == "einsum":
-            return self.einsum(args)
-        if fn == "transpose":
-            arity(2)
-            x = self.expr(args[0])
-            self.floats(x)
-            perm = self.int_list(args[1], "transpose permutation")
-            shape = self.node(x).shape
-            if sorted(p % max(len(shape), 1) for p in perm) != list(range(len(shape))):
-                raise self.error(f"transpose: expected a permutation of 0..{len(shape) - 1}, got {perm}")
-            perm = [p % len(shape) for p in perm]
-            if self.node(x).batched and perm[0] != 0:
-                raise self.error("transpose: the batch axis must stay first (perm[0] == 0)")
-            return self.add("transpose", (x,), tuple(shape[p] for p in perm), perm=tuple(perm))
-        if fn == "reshape":
-            arity(2)
-            x = self.expr(args[0])
-            self.floats(x)
-            target = self.int_list(args[1], "reshape shape")
-            shape = self.node(x).shape
-            body = shape[1:] if self.node(x).batched else shape
-            if self.node(x).batched:
-                if not target or target[0] != -1:
-                    raise self.error("reshape of a batched value: the new shape starts with -1 for the batch axis, "
-                                     "e.g. reshape(x, [-1, 4, 8])")
-                target = target[1:]
-            n = 1
-            for d in body:
-                n *= d
-            m = 1
-            for d in target:
-                m *= d
-            if any(d <= 0 for d in target) or m != n:
-                raise self.error(f"reshape: cannot reshape {show(shape)} into {target} ({n} values per example)")
-            out = ((B,) if self.node(x).batched else ()) + tuple(target)
-            return self.add("reshape", (x,), out, shape_to=tuple(target))
-        # sum / mean
-        arity(1)
-        x = self.expr(args[0])
-        self.floats(x)
-        shape = self.node(x).shape
-        axes = sorted({self.axis(x, a) for a in self.int_list(kw["axis"], "axis")}) if "axis" in kw else \
-            list(range(1 if self.node(x).batched else 0, len(shape)))
-        if self.node(x).batched and 0 in axes:
-            raise self.error(f"{fn}: cannot reduce over the batch axis (0)")
-        keep = bool(self.number(kw["keepdims"], allow_bool=True)) if "keepdims" in kw else False
-        out = tuple((1 if i in axes else d) for i, d in enumerate(shape) if keep or i not in axes)
-        return self.add(fn, (x,), out, axes=tuple(axes), keepdims=keep)
+    def keyword(self, k: Keyword, e: ast.AST | None, x: int) -> Any:
+        """Keyword `k` as written (e; None: left out) for a call whose first tensor is x."""
+        if k.kind == "axis":
+            return self.axis(x, k.default if e is None else self.int_expr(e, k.name))
+        if e is None:
+            return k.default
+        if k.kind == "int":
+            return self.int_expr(e, k.name)
+        if k.kind == "axes":
+            return sorted({self.axis(x, a) for a in self.int_list(e, k.name)})
+        return bool(self.number(e, allow_bool=True))        # "flag"
 
     def number(self, e: ast.AST, allow_bool: bool = False) -> float:
         if isinstance(e, ast.Constant) and (isinstance(e.value, (int, float)) and (allow_bool or not isinstance(e.value, bool))):
@@ -390,76 +343,10 @@ class _Builder:
         return float(self.int_expr(e, "number"))
 
     def axis(self, x: int, axis: int) -> int:
-        rank = len(self.node(x).shape)
-        if not -rank <= axis < rank:
-            raise self.error(f"axis {axis} out of range for shape {show(self.node(x).shape)}")
-        axis %= rank
-        if self.node(x).batched and axis == 0:
-            raise self.error("axis 0 is the batch axis: use a later axis (axis=-1 for the last)")
-        return axis
-
-    def join(self, fn: str, xs: list[int], axis: int) -> int:
-        shapes = [self.node(v).shape for v in xs]
-        if len({self.node(v).batched for v in xs}) > 1:
-            raise self.error(f"{fn}: mixing batched values with parameters: " + ", ".join(map(show, shapes)))
-        rank = len(shapes[0]) + (1 if fn == "stack" else 0)
-        if not -rank <= axis < rank:
-            raise self.error(f"{fn}: axis {axis} out of range for shapes " + ", ".join(map(show, shapes)))
-        axis %= rank
-        if self.node(xs[0]).batched and axis == 0:
-            raise self.error(f"{fn}: axis 0 is the batch axis: use a later axis (axis=-1 for the last)")
-        if fn == "stack":
-            if len(set(shapes)) != 1:
-                raise self.error("stack: expected equal shapes, got " + ", ".join(map(show, shapes)))
-            out = (*shapes[0][:axis], len(xs), *shapes[0][axis:])
-        else:
-            if any(len(s) != len(shapes[0]) or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
-                   for s in shapes):
-                raise self.error(f"concat: shapes must match except on axis {axis}: " + ", ".join(map(show, shapes)))
-            out = (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1:])
-        return self.add(fn, tuple(xs), out, axis=axis)
-
-    def einsum(self, args: list[ast.AST]) -> int:
-        if len(args) < 2 or not isinstance(args[0], ast.Constant) or not isinstance(args[0].value, str):
-            raise self.error('einsum() takes an equation string and tensors: einsum("bij,ijk->bk", x, w)')
-        eq = args[0].value.replace(" ", "")
-        if eq.count("->") != 1 or "." in eq or not eq.isascii():
-            raise self.error(f"einsum: expected an explicit equation of ASCII letters such as 'bij,ijk->bk', "
-                             f"got {eq!r}")
-        lhs, rhs = eq.split("->")
-        subs = lhs.split(",")
-        xs = [self.expr(a) for a in args[1:]]
-        self.floats(*xs)
-        if len(subs) != len(xs):
-            raise self.error(f"einsum: {len(subs)} operand(s) in {eq!r}, got {len(xs)} tensor(s)")
-        sizes: dict[str, int] = {}
-        for s, x in zip(subs, xs):
-            shape = self.node(x).shape
-            if not s.isalpha() or len(s) != len(shape) or len(set(s)) != len(s):
-                raise self.error(f"einsum: operand `{s}` does not fit shape {show(shape)}")
-            for ch, d in zip(s, shape):
-                if sizes.setdefault(ch, d) != d:
-                    raise self.error(f"einsum: index `{ch}` is {show((sizes[ch],))[1:-1]} in one operand and "
-                                     f"{show((d,))[1:-1]} in another")
-        if not rhs.isalpha() and rhs != "" or any(ch not in sizes for ch in rhs) or len(set(rhs)) != len(rhs):
-            raise self.error(f"einsum: output `{rhs}` must use each input index at most once")
-        out = tuple(sizes[ch] for ch in rhs)
-        batch = sorted(ch for ch, d in sizes.items() if d == B)
-        if len(batch) > 1:   # two batch indices would pair each example with the others
-            raise self.error(f"einsum: the batch axis takes one index letter in every operand, got "
-                             f"{' and '.join(map(repr, batch))}")
-        if any(self.node(x).batched for x in xs) and B not in out[:1]:
-            raise self.error("einsum: the batch index must come first in the output")
-        return self.add("einsum", tuple(xs), out, equation=eq)
+        return self.located(normalize_axis, self.node(x), axis)
 
     def split_parts(self, sid: int) -> list[int]:
-        n = self.node(sid)
-        parts = []
-        for k, size in enumerate(n.attr("sizes")):
-            shape = list(n.shape)
-            shape[n.attr("axis")] = size
-            parts.append(self.add("pick", (sid,), tuple(shape), index=k))
-        return parts
+        return [self.make("pick", (sid,), index=k) for k in range(len(self.node(sid).attr("sizes")))]
 
     # -- statements ------------------------------------------------------------------
     def statement(self, st: ast.stmt) -> None:
@@ -487,9 +374,8 @@ class _Builder:
         raise self.error(f"not allowed as an assignment target: `{ast.unparse(target)}`")
 
 
-def parse_step(text: str, *, ints: dict[str, int], inputs: dict[str, tuple[int, ...]],
-               states: dict[str, tuple[int, ...]], params: dict[str, tuple[int, ...]],
-               outputs: list[str]) -> Program:
+def parse_step(text: str, *, ints: dict[str, int], inputs: dict[str, Shape], states: dict[str, Shape],
+               params: dict[str, Shape], outputs: list[str]) -> Program:
     """Parse and shape-check a step. Raises StepError(message, line, col) on any problem."""
     if not isinstance(text, str) or not text.strip():
         raise StepError("expected the step as text: one `name = expression` per line")
@@ -536,7 +422,9 @@ class ProgramWriter:
         self.nodes: list[Node] = []
         self.new_id: dict[int, int] = {}     # old node id -> new node id
 
-    def add(self, op: str, args: tuple[int, ...], shape: tuple[int, ...], **attrs: Any) -> int:
+    def add(self, op: str, args: tuple[int, ...], shape: Shape, **attrs: Any) -> int:
+        """A new float node of table op `op` (rnnc/cells/ops.py) on new ids `args`, with the shape
+        the table's rule gives it (`ops.result_shape` checks one)."""
         self.nodes.append(Node(len(self.nodes), op, args, tuple(sorted(attrs.items())), shape))
         return len(self.nodes) - 1
 

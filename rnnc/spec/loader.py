@@ -198,8 +198,8 @@ def _layer(c: _Checker, item: Any, path: KeyPath, cells: dict, *, top: bool) -> 
         if t is None:
             c.err(path, "missing required key 'type'")
         else:
-            c.err(path + ("type",), f"unknown layer type {_shown(t)}: expected one of "
-                  f"{', '.join(S.LAYER_KEYS)}.{_suggest(t, S.LAYER_KEYS)}")
+            c.err(path + ("type",), f"unknown layer type {_shown(t)}.{_suggest(t, S.LAYER_KEYS)} Expected one "
+                  f"of: {', '.join(S.LAYER_KEYS)} (docs/spec.md, \"Layers\")")
         return None
     table = {**S.COMMON_KEYS, **S.LAYER_KEYS[t]}
     if not top:
