@@ -1,7 +1,7 @@
 """Validated spec objects: what the rest of the compiler reads. Plain data, no onnx."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .yamlsrc import KeyPath, Source
@@ -53,7 +53,6 @@ class Spec:
     seed: int
     cells: dict[str, Any]
     source: Source
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
