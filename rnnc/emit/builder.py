@@ -27,7 +27,6 @@ class GraphBuilder:
         self._consts: dict[tuple, str] = {}
         self.memo: dict[tuple, str] = {}   # values a lowering computes once per graph (e.g. [x, 1])
         self.scope = parent.scope if parent else ""
-        self.node_counts: dict[str, int] = {}
 
     # -- names ------------------------------------------------------------------
     def fresh(self, base: str, *, node: bool = False) -> str:
@@ -67,7 +66,6 @@ class GraphBuilder:
         node = helper.make_node(op_type, list(inputs), outs, name=self.fresh(name or op_type, node=True), domain=domain,
                                 **{k: v for k, v in attrs.items() if v is not None})
         self.nodes.append(node)
-        self.node_counts[self.scope] = self.node_counts.get(self.scope, 0) + 1
         return outs[0] if len(outs) == 1 else outs
 
     # -- constants --------------------------------------------------------------
