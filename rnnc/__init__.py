@@ -1,8 +1,8 @@
 """rnnc: a graph compiler for recurrent neural networks (Keras-style specs → exact ONNX).
 
-A thin package root: `import rnnc` (or any of its subpackages) loads the version, the errors
-and the spec loader only. compile_spec / Compiled (the pipeline, which imports onnx) and
-Session (onnxruntime) are loaded on first use."""
+A thin package root: `import rnnc` loads the version and the errors only. load_spec,
+compile_spec / Compiled (the pipeline, which imports onnx) and Session (onnxruntime) are
+loaded on first use."""
 from __future__ import annotations
 
 import importlib
@@ -18,13 +18,15 @@ from .errors import (
     SpecError,
     WeightsError,
 )
-from .spec import load_spec
 
 if TYPE_CHECKING:
     from .pipeline import Compiled, compile_spec
     from .runtime import Session
+    from .spec import load_spec
 
-_LAZY = {"compile_spec": ".pipeline", "Compiled": ".pipeline", "Session": ".runtime"}
+# loaded on first use: the spec loader (the layer table, the IR), the pipeline (onnx) and the
+# Session (onnxruntime), so that `rnnc --version` and `import rnnc.errors` stay light
+_LAZY = {"compile_spec": ".pipeline", "Compiled": ".pipeline", "Session": ".runtime", "load_spec": ".spec"}
 
 
 def __getattr__(name: str) -> Any:

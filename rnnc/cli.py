@@ -10,6 +10,8 @@ fast; everything else is imported here."""
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import time
 import traceback
@@ -19,9 +21,8 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, InternalError, ModelFileError, RnncError
-from .importers import commands as import_commands
-from .ir.printer import summary
-from .weights import save_npz
+from .importers import cli_args as import_args
+from .serve import commands as serve_commands
 
 EXIT_USER = 2
 EXIT_INTERNAL = 1
@@ -29,9 +30,13 @@ REPORT_BUGS = "please report it to the rnnc maintainers with the spec and the co
 
 
 def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--debug", action="store_true", help="show tracebacks")
+    # --debug after the command too; SUPPRESS: a subcommand without it keeps `rnnc --debug CMD`'s
+    # value (argparse would otherwise reset it to the subparser's default)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    p = argparse.ArgumentParser(prog="rnnc", parents=[common],
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p = argparse.ArgumentParser(prog="rnnc", parents=[top],
                                 description="Compile Keras-style RNN specs to exact, fast ONNX and run them.")
     p.add_argument("--version", action="version", version=f"rnnc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,10 +52,26 @@ def _parser() -> argparse.ArgumentParser:
                         "onnx.reference also implements")
     c.add_argument("--strict-gpu", action="store_true",
                    help="where CUDA is present, fail (and write nothing) if ONNX Runtime would put any node on the CPU")
-    c.add_argument("--weights-from", choices=import_commands.WEIGHTS_FROM, default="rnnc",
+    c.add_argument("--weights-from", choices=import_args.WEIGHTS_FROM, default="rnnc",
                    help="what --weights is: rnnc (default: .npz/.safetensors with rnnc's keys), keras (a .weights.h5 "
                         "or .keras file) or torch (a state_dict saved with torch.save, loaded with weights_only=True)")
-    c.add_argument("--verify", action="store_true", help=import_commands.VERIFY_HELP)
+    c.add_argument("--verify", action="store_true", help=import_args.VERIFY_HELP)
+    # reduced precision (rnnc/runtime/precision.py; README "Reduced precision")
+    c.add_argument("--quantize", choices=("int8",),
+                   help="int8 weights and matmuls for ONNX Runtime's CPU provider; the drift from float32 is "
+                        "measured and printed")
+    c.add_argument("--precision", choices=("fp32", "fp16"), default=None,
+                   help="fp16: float16 weights and compute for ONNX Runtime's CUDA provider (inputs, outputs and "
+                        "states stay float32)")
+    c.add_argument("--providers", choices=("cpu", "cuda"), default=None,
+                   help="where the model is meant to run: with --precision fp16, cuda writes a model even where the "
+                        "CPU provider would refuse it (otherwise refused: exit 2)")
+    c.add_argument("--calibrate", metavar="DATA.npz",
+                   help="inputs (an .npz keyed by input name) to measure the reduced model's drift on (default: "
+                        "random inputs drawn to the spec's shapes, with masks)")
+    c.add_argument("--max-diff", type=float, metavar="X",
+                   help="refuse (exit 2, nothing written) a reduced model whose max abs difference from float32 "
+                        "is above X")
 
     for name, text in (("check", "validate a spec (nothing is written)"), ("summary", "print a Keras-like summary")):
         s = sub.add_parser(name, parents=[common], help=text)
@@ -62,7 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input array (.npy); or FILE.npz holding every input by name")
     r.add_argument("-o", "--output", help="write the outputs to this .npz")
-    r.add_argument("--random", action="store_true", help="smoke run on random inputs: prints shapes and time")
+    r.add_argument("--random", action="store_true",
+                   help="smoke run on random inputs (every input: not with --input): prints shapes and time")
+    r.add_argument("--print", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the output values, summarized for big arrays (default: when there is no -o and "
+                        "no --random)")
     r.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a symbolic dim for --random (default batch=2, time=10, others 4)")
     r.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda"))
@@ -81,8 +106,25 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--png", metavar="FILE", help="draw the lowered graph as PNG (needs Graphviz)")
     i.add_argument("--weights", help="weights for a spec (.npz or .safetensors)")
     i.add_argument("--target", choices=("ort", "portable"), default="ort", help="target for a spec (default ort)")
-    import_commands.add_import_parser(sub, common)
+    import_args.add_import_parser(sub, common)
+    serve_commands.add_parsers(sub, common)     # export triton, batch: rnnc/serve/commands.py
     return p
+
+
+EXIT_SIGPIPE = 141   # 128 + SIGPIPE: what a shell reports for a program that a closed pipe ended
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`rnnc inspect m.onnx | head -1`): stop quietly, as
+    command-line tools do on SIGPIPE. stdout then points at /dev/null, or Python's flush at
+    exit would fail on the closed pipe once more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # no real stdout (captured): nothing to redirect
+        pass
+    return EXIT_SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER
     try:
-        return {"compile": cmd_compile, "check": cmd_check, "summary": cmd_summary, "run": cmd_run,
-                "inspect": cmd_inspect, "import": cmd_import}[args.command](args)
+        code = {"compile": cmd_compile, "check": cmd_check, "summary": cmd_summary, "run": cmd_run,
+                "inspect": cmd_inspect, "import": cmd_import, "export": serve_commands.cmd_export,
+                "batch": serve_commands.cmd_batch}[args.command](args)
+        sys.stdout.flush()          # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_stdout()
     except RnncError as e:
         if args.debug:
             traceback.print_exc()
@@ -117,6 +164,8 @@ def internal_error_report(e: BaseException, *, debug: bool = False) -> str:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from .importers import commands as import_commands  # the IR and importers: not for --help
+
     return import_commands.cmd_import(args)
 
 
@@ -125,13 +174,33 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .emit import save_atomic
     from .pipeline import compile_spec
 
+    _spec_file(args.spec)
     out = Path(args.output)
     if out.suffix != ".onnx":
         raise RnncError(f"-o {out}: expected a file name ending in .onnx")
     if not out.parent.exists():
         raise RnncError(f"-o {out}: folder {out.parent} does not exist")
+    precision = None if args.precision in (None, "fp32") else args.precision
+    if args.quantize and args.providers == "cuda":
+        raise RnncError("--quantize int8 is for ONNX Runtime's CPU provider (DynamicQuantizeLSTM and the int8 "
+                        "matmuls have no CUDA kernels): use --precision fp16 for CUDA")
+    if args.quantize or precision or args.calibrate or args.max_diff is not None:
+        compile_spec = functools.partial(compile_spec, quantize=args.quantize, precision=precision,
+                                         calibrate=args.calibrate, max_diff=args.max_diff)
     # --weights-from keras|torch and --verify: rnnc/importers
+    from .importers import commands as import_commands
+
     c = import_commands.compile_with(args, compile_spec)
+    if precision == "fp16" and args.providers != "cuda":   # checked before writing
+        from .runtime.precision import cpu_rejects
+
+        why = cpu_rejects(c.model)
+        if why:
+            raise RnncError(f"--precision fp16 is for ONNX Runtime's CUDA provider, and the CPU provider refuses this "
+                            f"model ({why}): nothing written. Add --providers cuda to write a CUDA-only model, or "
+                            "use --quantize int8 for the CPU")
+        print("note: --precision fp16 is for ONNX Runtime's CUDA provider; the CPU provider runs it with float32 "
+              "casts around each float16 node, slower than the float32 model (use --quantize int8 for the CPU)")
     if args.strict_gpu:                     # checked before writing: on error nothing is written
         sess = _strict_session(c.model, "auto", str(out))
         if sess.fallback:
@@ -146,6 +215,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(f"  {layer.name}: {layer.reason}")
         for note in layer.notes:
             print(f"  {layer.name}: {note}")
+    if args.quantize or precision:
+        from .runtime.precision import summary_lines
+
+        print("\n".join(summary_lines(c.model)))
     return 0
 
 
@@ -153,41 +226,78 @@ def cmd_check(args: argparse.Namespace) -> int:
     # lazy (onnx): see the module docstring
     from .pipeline import prepare
 
+    _spec_file(args.spec)
     graph, _ = prepare(args.spec, weights=args.weights)
     print(f"ok: {args.spec} is valid ({len(graph.layers)} layers, {graph.param_count():,} params)")
-    for layer in graph.layers.values():
+    for layer in graph.layers.values():     # the same lines as compile's
         if layer.reason:
             print(f"  {layer.name}: {layer.reason}")
+        for note in layer.notes:
+            print(f"  {layer.name}: {note}")
     return 0
+
+
+def _spec_file(path: str) -> None:
+    """A spec is text (YAML or JSON): a model, an array or weights given instead is named,
+    with the command that takes it (a missing file is left to the spec loader's message)."""
+    from .fileio import expect_kind
+
+    expect_kind(path, ("text", "missing"), "a spec (YAML)", error=ModelFileError)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     # lazy (onnx): see the module docstring
+    from .ir.printer import summary
     from .pipeline import prepare
 
+    _spec_file(args.spec)
     graph, _ = prepare(args.spec, weights=args.weights)
     print(summary(graph))
     return 0
 
 
+NO_PICKLES = ("holds Python objects (a pickled object array), which rnnc never loads: save numeric arrays "
+              "with np.save / np.savez")
+
+
+def _npy_error(item: str, file: str, e: BaseException, entry: str = "") -> InputError:
+    where = f"{file}[{entry}]" if entry else file
+    if "pickle" in str(e):               # never numpy's advice to allow_pickle
+        return InputError(f"--input {item}: {where} {NO_PICKLES}")
+    return InputError(f"--input {item}: cannot read {where} as a .npy array: {type(e).__name__}: {e}")
+
+
 def _load_inputs(items: list[str]) -> dict[str, np.ndarray]:
+    from .fileio import describe, sniff
+
     feeds: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, file = item.partition("=")
         if not sep:
             name, file = "", item
         p = Path(file)
-        if not p.is_file():
+        kind = sniff(p)
+        if kind == "missing":
             raise InputError(f"--input {item}: file {file} not found")
+        if kind == "directory":
+            raise InputError(f"--input {item}: {file} is a directory, not a .npy/.npz file")
+        if kind not in ("npy", "npz"):
+            why = "rnnc never loads pickles" if kind in ("pickle", "torch") else "save arrays with np.save / np.savez"
+            raise InputError(f"--input {item}: {file} is not a .npy array or an .npz archive of them: it is "
+                             f"{describe(kind)} ({why})")
         try:
             data = np.load(p, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - not a NumPy file
-            raise InputError(f"--input {item}: cannot read {file} as .npy/.npz: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a damaged NumPy file: numpy raises several types
+            raise _npy_error(item, file, e) from None
         if isinstance(data, np.lib.npyio.NpzFile):
             with data:
                 if name:
                     raise InputError(f"--input {item}: an .npz holds every input by name; pass it as --input {file}")
-                feeds.update({k: data[k] for k in data.files})
+                for k in data.files:
+                    try:
+                        feeds[k] = data[k]
+                    except Exception as e:  # noqa: BLE001 - a damaged entry, or a pickled one
+                        raise _npy_error(item, file, e, k) from None
         else:
             if not name:
                 raise InputError(f"--input {item}: expected NAME=FILE.npy")
@@ -268,6 +378,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise RnncError(f"-o {args.output}: folder {Path(args.output).parent} does not exist")
     if not args.random and not args.input:
         raise InputError("no inputs: pass --input NAME=FILE.npy for each input, or --random")
+    if args.random and args.input:
+        raise InputError("--random and --input: expected one of them (--random draws every input at random; "
+                         "--input gives every input)")
     if args.strict_gpu and args.providers == "cpu":
         raise RnncError("--strict-gpu: expected --providers auto or cuda, got cpu (strict GPU placement needs CUDA)")
     sess = _strict_session(args.model, args.providers, args.model) if args.strict_gpu else \
@@ -275,9 +388,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     feeds = _random_inputs(sess, args.dim) if args.random else _load_inputs(args.input)
     sess.validate(feeds)
     outputs = _run_chunked(sess, feeds, args.chunk) if args.chunk is not None else sess.run(feeds)
-    print(f"provider: {sess.provider}" + (f" ({sess.fallback})" if sess.fallback else ""))
+    print(f"provider: {sess.provider}" + (f"; {sess.fallback}" if sess.fallback else ""))
+    show = args.print if args.print is not None else not (args.output or args.random)
     for name, v in outputs.items():
         print(f"  {name}: {v.dtype} {tuple(v.shape)}")
+        if show:
+            print(_values(v))
     if args.random:
         times = []
         for _ in range(max(1, args.repeat)):
@@ -287,9 +403,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         shape = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
         print(f"time: median {np.median(times) * 1e3:.3f} ms over {len(times)} runs ({shape})")
     if args.output:
+        from .weights import save_npz
+
         save_npz(outputs, args.output)
         print(f"wrote {args.output}")
     return 0
+
+
+def _values(v: np.ndarray) -> str:
+    """An output's values for the terminal: big arrays summarized (NumPy's ... with 3 items at
+    each edge), 6 significant digits, indented under the output's line."""
+    with np.printoptions(threshold=200, edgeitems=3, precision=6, linewidth=96):
+        text = np.array2string(v, separator=", ")
+    return "\n".join("    " + line for line in text.splitlines())
 
 
 def _strict_session(model, providers: str, where: str):
@@ -314,6 +440,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     for fmt in ("svg", "png"):              # path errors before any output
         out = getattr(args, fmt)
+        if out and Path(out).suffix.lower() != f".{fmt}":
+            other = {"svg": "png", "png": "svg"}[fmt]
+            tip = f" (for a .{other} picture use --{other})" if Path(out).suffix.lower() == f".{other}" else ""
+            raise RnncError(f"--{fmt} {out}: expected a file name ending in .{fmt}{tip}")
         if out and not Path(out).parent.exists():
             raise RnncError(f"--{fmt} {out}: folder {Path(out).parent} does not exist")
     report = inspect_path(args.model, weights=args.weights, target=args.target)

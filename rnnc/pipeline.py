@@ -10,11 +10,21 @@ import onnx
 
 from .emit import GraphBuilder, assemble, check
 from .emit.model import MIN_OPSET
+from .emit.peephole import cancel_transpose_pairs
 from .errors import RnncError
 from .ir import Graph, build_graph
 from .ir.verify import verify_graph
 from .lower import LowerCtx, lower_graph, supports
-from .passes import ChooseLowering, HoistInputProjection, Pass, ReassociateSums, SinkSlices, run_passes
+from .lower.int8 import Int8, supports_int8
+from .passes import (
+    ChooseLowering,
+    HoistInputProjection,
+    Pass,
+    ReassociateSums,
+    RecognizeBuiltins,
+    SinkSlices,
+    run_passes,
+)
 from .spec import Spec, load_spec
 from .weights import check_weights, default_weights, read_weights
 
@@ -33,6 +43,17 @@ class Compiled:
     graph: Graph
     weights: dict[str, np.ndarray]
 
+    def save(self, path: str | Path, *, external_data: bool | None = None, limit: int | None = None) -> list[Path]:
+        """Write the model to `path` (.onnx) all or nothing; returns the files written. Above
+        2 GB (or `limit` bytes), or with external_data=True, the tensors go to `<path>.data`
+        beside it (ONNX external data) and the in-memory model then refers to that file: run
+        the saved path (rnnc.Session(path))."""
+        from .emit import save_atomic
+
+        if Path(path).suffix != ".onnx":
+            raise RnncError(f"save {path}: expected a file name ending in .onnx")
+        return save_atomic(self.model, path, external_data=external_data, limit=limit)
+
 
 def time_loop_op(control: str) -> str:
     """The ONNX op of a time loop: auto is Scan (measured faster on ONNX Runtime than a Loop,
@@ -42,36 +63,45 @@ def time_loop_op(control: str) -> str:
     return "scan" if control == "auto" else control
 
 
-def pipeline(*, target: str = "ort", control: str = "auto", hoist: bool = True) -> list[Pass]:
+def pipeline(*, target: str = "ort", control: str = "auto", hoist: bool = True,
+             quantize: str | None = None) -> list[Pass]:
     """The passes, in order (each states what must run before it: rnnc/passes/manager.py):
     rewrite custom cells' steps (reassociate-sums, then sink-slices), mark what does not
     depend on the states (hoist-input-projection; left out with hoist=False, so the input
-    projection stays in the time loop), then choose each layer's lowering plan."""
+    projection stays in the time loop), prove which custom cells are an ONNX LSTM, GRU or RNN
+    (recognize-builtins: it reads the final step, rewrites nothing), then choose each layer's
+    lowering plan. quantize="int8": GRU/RNN (and LSTM on portable) take the time loop, whose
+    matmuls can be int8 (rnnc/lower/int8.py supports_int8)."""
     passes: list[Pass] = [ReassociateSums(), SinkSlices()]
     if hoist:
         passes.append(HoistInputProjection())
-    passes.append(ChooseLowering(supports=supports, target=target, control=time_loop_op(control)))
+    passes.append(RecognizeBuiltins())
+    sup = supports_int8(supports) if quantize == "int8" else supports
+    passes.append(ChooseLowering(supports=sup, target=target, control=time_loop_op(control)))
     return passes
 
 
 def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, target: str = "ort",
-            control: str = "auto", hoist: bool = True, verify: bool = False) -> tuple[Graph, dict[str, np.ndarray]]:
+            control: str = "auto", hoist: bool = True, verify: bool = False,
+            ignore_extra: bool = False, quantize: str | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
     """Load, build and choose lowerings (everything before ONNX); returns the graph and
-    weights. verify: check the IR's invariants after each pass (rnnc/ir/verify.py)."""
+    weights. verify: check the IR's invariants after each pass (rnnc/ir/verify.py).
+    ignore_extra: skip weights the spec has no parameter for (weights/io.py check_weights)."""
     if target not in TARGETS:
         raise RnncError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
-    passes = pipeline(target=target, control=control, hoist=hoist)
+    passes = pipeline(target=target, control=control, hoist=hoist, quantize=quantize)
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     graph = build_graph(spec)
-    w = resolve_weights(spec, graph, weights)
+    w = resolve_weights(spec, graph, weights, ignore_extra=ignore_extra)
     graph = run_passes(graph, passes, verify=verify_graph if verify else None)
     return graph, w
 
 
-def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None) -> dict[str, np.ndarray]:
+def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None, *,
+                    ignore_extra: bool = False) -> dict[str, np.ndarray]:
     if isinstance(weights, dict):
-        return check_weights(graph, weights, "<weights>")
+        return check_weights(graph, weights, "<weights>", ignore_extra=ignore_extra)
     if weights is not None and not isinstance(weights, (str, Path)):
         raise RnncError(f"weights: expected a file path or a dict of arrays, got {type(weights).__name__}")
     path = weights
@@ -79,29 +109,55 @@ def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None)
         path = Path(spec.file).parent / spec.weights
     if path is None:
         return default_weights(graph, spec.seed)
-    return check_weights(graph, read_weights(path), str(path))
+    return check_weights(graph, read_weights(path), str(path), ignore_extra=ignore_extra)
 
 
 def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, opset: int = DEFAULT_OPSET,
                  ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True,
-                 control: str = "auto") -> Compiled:
+                 control: str = "auto", ignore_extra: bool = False, quantize: str | None = None,
+                 precision: str | None = None, calibrate: str | Path | dict | None = None,
+                 max_diff: float | None = None) -> Compiled:
     """Compile a spec to an ONNX model. `control` is the ONNX op of a time loop (auto, scan or
     loop: time_loop_op). `hoist=False` leaves the hoisting pass out, so the input projection
-    stays inside the time loop (for benchmarks)."""
+    stays inside the time loop (for benchmarks). `ignore_extra`: weights the spec has no
+    parameter for are skipped (an encoder spec from a seq2seq's weights).
+    Reduced precision (rnnc/runtime/precision.py; README "Reduced precision"): quantize="int8"
+    (CPU), precision="fp16" (ONNX Runtime's CUDA provider); the drift from float32 is measured
+    on `calibrate` (an .npz or a dict of inputs; default: random inputs with masks) and a model
+    whose largest difference is above `max_diff` is refused."""
+    reduced = None
+    if quantize is not None or precision is not None or calibrate is not None or max_diff is not None:
+        from .runtime import precision as reduced  # lazy: only runtime/ imports onnxruntime
+
+        reduced.check_options(quantize=quantize, precision=precision, target=target, max_diff=max_diff)
     for name, v in (("opset", opset), ("ir_version", ir_version)):
         if not isinstance(v, int) or isinstance(v, bool):
             raise RnncError(f"{name}: expected an integer, got {v!r}")
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise RnncError(f"--opset: expected {MIN_OPSET}..{onnx.defs.onnx_opset_version()}, got {opset}")
+    max_opset, max_ir, by = onnx.defs.onnx_opset_version(), onnx.IR_VERSION, f"onnx {onnx.__version__}"
+    if target == "ort" and (opset > DEFAULT_OPSET or ir_version > DEFAULT_IR_VERSION):
+        # the range ONNX Runtime loads (it can be narrower than onnx's), asked only above the
+        # defaults, which every supported ONNX Runtime loads; lazy: only runtime/ imports onnxruntime
+        from .runtime.versions import describe, ort_max_versions
+        (max_opset, max_ir), by = ort_max_versions(), describe()
+    if not MIN_OPSET <= opset <= max_opset:
+        raise RnncError(f"--opset: expected {MIN_OPSET}..{max_opset} (the newest opset {by} supports), got {opset}")
     control = time_loop_op(control)
-    if not 8 <= ir_version <= onnx.IR_VERSION:
-        raise RnncError(f"--ir-version: expected 8..{onnx.IR_VERSION}, got {ir_version}")
-    graph, w = prepare(spec, weights=weights, target=target, control=control, hoist=hoist, verify=VERIFY_IR)
+    if not 8 <= ir_version <= max_ir:
+        raise RnncError(f"--ir-version: expected 8..{max_ir} (the newest IR version {by} supports), got {ir_version}")
+    graph, w = prepare(spec, weights=weights, target=target, control=control, hoist=hoist, verify=VERIFY_IR,
+                       ignore_extra=ignore_extra, quantize=quantize)
     builder = GraphBuilder()
     for name in (*graph.inputs, *(o.name for o in graph.outputs), *(n for io in graph.state_io() for n in io[1:3])):
         builder.reserve(name)
     ctx = LowerCtx(builder, graph, w, target)
-    lowered = lower_graph(ctx)
+    if quantize == "int8":
+        ctx.int8 = Int8()     # type: ignore[attr-defined]  (the int8 switch: rnnc/lower/int8.py options)
+    lowered = cancel_transpose_pairs(graph, builder, lower_graph(ctx))   # rnnc/emit/peephole.py
     model = assemble(graph, builder, lowered, opset=opset, ir_version=ir_version, target=target)
     check(model)
-    return Compiled(model, graph, w)
+    if reduced is None:
+        return Compiled(model, graph, w)
+    kw = dict(weights=weights, opset=opset, ir_version=ir_version, target=target, hoist=hoist, control=control,
+              ignore_extra=ignore_extra)
+    return reduced.finish(Compiled(model, graph, w), spec, kw, int8=getattr(ctx, "int8", None), quantize=quantize,
+                          precision=precision, calibrate=calibrate, max_diff=max_diff)

@@ -5,6 +5,8 @@ layer's Recurrence, input masks and merged-mask rule); the arithmetic is its own
 float64, returns float32."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .cells.activations import apply as activation
@@ -12,8 +14,9 @@ from .cells.builtin import CELLS, NumpyOps
 from .cells.custom import numpy_node
 from .cells.lang import evaluate
 from .ir.graph import Graph, Layer
-from .layers import LAYER_DEFS, RefCall
+from .ir.semantics import KERAS_EPSILON, MERGE_LAYERS, dot_axes
 from .ir.types import Ref
+from .layers import LAYER_DEFS, RefCall
 
 
 def run_reference(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str, np.ndarray]
@@ -93,31 +96,64 @@ def _batchnorm(layer, w, env):
 def _merge(layer, w, env):
     xs = [np.asarray(env[r], dtype=np.float64) for r in layer.inputs]
     k = layer.kind
+    masks = [None if m is None else np.asarray(env[m], dtype=bool) for m in layer.input_masks]
+    if k == "Dot":
+        return {"output": _dot(layer, xs)}
+    if k != "Concatenate":   # Keras's Merge.call: lower-rank inputs get size-1 dims at axis 1
+        top = max(x.ndim for x in xs)
+        xs = [x.reshape(x.shape[:1] + (1,) * (top - x.ndim) + x.shape[1:]) for x in xs]
+    ms = [None if m is None else m[..., None] for m in masks]   # each mask over its input's features
     if k == "Concatenate":
         y = np.concatenate(xs, axis=layer.config["axis"])
-    elif k == "Add":
+    elif k in ("Add", "Average"):
         y = sum(xs[1:], xs[0])
+        if k == "Average":
+            y = y / len(xs)
+    elif k == "Subtract":
+        y = xs[0] - xs[1]
     elif k == "Multiply":
         # Keras 3: a masked input counts as 1 at its masked steps; with every input masked,
         # the product is zeroed where no input is unmasked
-        masks = [None if m is None else np.asarray(env[m], dtype=bool)[..., None] for m in layer.input_masks]
         y = np.ones_like(xs[0])
-        for v, m in zip(xs, masks):
+        for v, m in zip(xs, ms):
             y = y * (v if m is None else np.where(m, v, 1.0))
-        if all(m is not None for m in masks):
-            y = np.where(np.logical_or.reduce(masks), y, 0.0)
+        if all(m is not None for m in ms):
+            y = np.where(functools.reduce(np.logical_or, ms), y, 0.0)
     else:
-        y = sum(xs[1:], xs[0]) / len(xs)
+        # Maximum / Minimum: Merge._apply_merge_op_and_or_mask, input by input
+        f = np.maximum if k == "Maximum" else np.minimum
+        y, ym = xs[0], ms[0]
+        for v, m in zip(xs[1:], ms[1:]):
+            if m is not None:
+                v = np.where(m, v, y)
+            if ym is not None:
+                y = np.where(ym, y, v)
+            ym = (ym | m) if m is not None and ym is not None else None
+            y = f(y, v)
     out = {"output": y}
-    if layer.mask_merge is not None:
-        masks = [None if m is None else np.asarray(env[m], dtype=bool) for m in layer.input_masks]
-        if layer.mask_merge == "concat":   # each mask broadcast over its input (none: all true), concat, any(-1)
-            full = [np.ones(x.shape, bool) if m is None else np.broadcast_to(m[..., None], x.shape)
-                    for m, x in zip(masks, xs)]
-            out["mask"] = np.any(np.concatenate(full, axis=layer.config["axis"]), axis=-1)
-        else:                              # "or": the OR of the masks
-            out["mask"] = np.logical_or.reduce(masks)
+    if layer.mask_merge == "concat":   # each mask broadcast over its input (none: all true), concat, any(-1)
+        full = [np.ones(x.shape, bool) if m is None else np.broadcast_to(m[..., None], x.shape)
+                for m, x in zip(masks, xs)]
+        out["mask"] = np.any(np.concatenate(full, axis=layer.config["axis"]), axis=-1)
+    elif layer.mask_merge == "or":     # the OR of the masks (broadcast as the inputs are)
+        out["mask"] = np.logical_or.reduce(np.broadcast_arrays(*masks))
     return out
+
+
+def _dot(layer, xs):
+    """Keras 3's Dot: optionally l2-normalized along the axes, then batch_dot."""
+    x, y = xs
+    ax, ay = dot_axes(layer.config["axes"], x.ndim, y.ndim)
+    if layer.config["normalize"]:
+        with np.errstate(divide="ignore"):
+            x, y = (v * np.minimum(1.0 / np.sqrt(np.sum(v * v, axis=a, keepdims=True)), 1.0 / KERAS_EPSILON)
+                    for v, a in ((x, ax), (y, ay)))
+    xm = np.moveaxis(x, ax, -1)                       # [B, ..., D]
+    ym = np.moveaxis(y, ay, 1)                        # [B, D, ...]
+    out = np.einsum("bxd,bdy->bxy", xm.reshape(xm.shape[0], -1, xm.shape[-1]),
+                    ym.reshape(ym.shape[0], ym.shape[1], -1))
+    dims = xm.shape[1:-1] + ym.shape[2:]
+    return out.reshape(x.shape[0], *(dims or (1,)))
 
 
 def _cell_steppers(layer: Layer, w: dict) -> list:
@@ -243,5 +279,5 @@ _LAYERS = {
     "Embedding": _embedding, "Masking": _masking, "Dense": _dense, "BatchNormalization": _batchnorm,
     "Dropout": lambda l, w, env: {"output": _x(l, env)},
     "Activation": lambda l, w, env: {"output": activation(l.config["activation"], _x(l, env))},
-    "Concatenate": _merge, "Add": _merge, "Multiply": _merge, "Average": _merge,
+    **{k: _merge for k in MERGE_LAYERS},
 }

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import check_parity
 import rnnc
+from helpers import check_parity
 from rnnc.reference import run_reference
 from rnnc.spec import load_spec_text
 
@@ -67,3 +67,17 @@ def test_unhoisted_stacked_cells_project_once():
     got = rnnc.Session(c, providers="cpu").run({"x": x})
     np.testing.assert_allclose(got["rnn"], want["rnn"], atol=1e-5)
     check_parity(text, native=0, loops=1)
+
+
+def test_importer_orders_layers_after_what_they_read_and_names_a_cycle():
+    from rnnc.importers.keras_file import ModelConverter
+
+    mc = ModelConverter({}, "m.keras")
+    mc.layers = [{"name": "c", "input": ["a", "b"]}, {"name": "a", "input": "x"}, {"name": "b", "input": "a.state_h"},
+                 {"name": "d", "input": "x"}]
+    mc._toposort()
+    assert [l["name"] for l in mc.layers] == ["a", "b", "c", "d"]     # Keras's order, moved only as needed
+    mc.layers = [{"name": "p", "input": "q"}, {"name": "q", "input": "p"}, {"name": "r", "input": "x"}]
+    mc._toposort()
+    (problem,) = mc.conv.problems
+    assert "cycle: p -> q -> p" in problem.message or "cycle: q -> p -> q" in problem.message

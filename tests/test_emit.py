@@ -68,7 +68,7 @@ def test_metadata_records_lowerings(model):
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path, model):
     class Boom:
-        def SerializeToString(self):  # noqa: N802
+        def SerializeToString(self):
             raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
         save_atomic(Boom(), tmp_path / "m.onnx")

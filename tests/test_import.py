@@ -10,22 +10,21 @@ import zipfile
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 # the test extras (keras on its torch backend, h5py): without them this module skips
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
-from helpers import TOL, run_ort  # noqa: E402
-
-import rnnc  # noqa: E402
-from rnnc.cli import main  # noqa: E402
-from rnnc.errors import WeightsError  # noqa: E402
-from rnnc.importers import ImportProblem, import_keras, import_keras_weights  # noqa: E402
-from rnnc.importers.torch_state import torch_weights_for_graph  # noqa: E402
-from rnnc.ir import build_graph  # noqa: E402
-from rnnc.spec import load_spec_text  # noqa: E402
+import rnnc  # noqa: E402  (after importorskip)
+from helpers import TOL, run_ort  # noqa: E402  (after importorskip)
+from rnnc.cli import main  # noqa: E402  (after importorskip)
+from rnnc.errors import WeightsError  # noqa: E402  (after importorskip)
+from rnnc.importers import ImportProblem, import_keras, import_keras_weights  # noqa: E402  (after importorskip)
+from rnnc.importers.torch_state import torch_weights_for_graph  # noqa: E402  (after importorskip)
+from rnnc.ir import build_graph  # noqa: E402  (after importorskip)
+from rnnc.spec import load_spec_text  # noqa: E402  (after importorskip)
 
 L = keras.layers
 pytestmark = [pytest.mark.keras, pytest.mark.torch,
@@ -266,8 +265,8 @@ def refused(model: keras.Model, tmp_path, capsys, *needles: str) -> str:
 
 def test_unsupported_layer_named_with_its_place(tmp_path, capsys):
     x = keras.Input((None, F), name="x")
-    y = L.LSTM(4, name="lstm")(L.Conv1D(4, 2, name="conv")(x))
-    refused(keras.Model(x, y), tmp_path, capsys, "config.layers[1] (conv, Conv1D)", "not supported")
+    y = L.LSTM(4, name="lstm")(L.Conv1DTranspose(4, 2, name="conv")(x))
+    refused(keras.Model(x, y), tmp_path, capsys, "config.layers[1] (conv, Conv1DTranspose)", "not supported")
 
 
 @pytest.mark.parametrize("layer,needle", [
@@ -345,7 +344,7 @@ def test_weights_h5_that_does_not_fit_the_spec(tmp_path):
 def torch_randomize(m: torch.nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        for _, p in m.named_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.4)
         for name, b in m.named_buffers():
             if name.endswith("running_var"):

@@ -80,7 +80,7 @@ def test_any_unexpected_exception_exits_1(capsys, monkeypatch):
     def boom(graph):
         raise ValueError("injected")
 
-    monkeypatch.setattr(cli, "summary", boom)
+    monkeypatch.setattr("rnnc.ir.printer.summary", boom)   # what `rnnc summary` calls
     rc = cli.main(["summary", str(SPEC)])
     err = capsys.readouterr().err
     assert rc == 1 and "bug in rnnc" in err and "ValueError: injected" in err

@@ -8,13 +8,13 @@ import pytest
 
 from rnnc.errors import InternalError
 from rnnc.ir import build_graph
-from rnnc.ir.plan import Plan, PlanError
-from rnnc.ir.verify import verify_graph
-from rnnc.pipeline import pipeline
-from rnnc.ir.printer import summary
 from rnnc.ir.graph import Recurrence
+from rnnc.ir.plan import Plan, PlanError
+from rnnc.ir.printer import summary
 from rnnc.ir.types import Ref
+from rnnc.ir.verify import verify_graph
 from rnnc.passes import HoistInputProjection, PassResult, ReassociateSums, SinkSlices, run_passes
+from rnnc.pipeline import pipeline
 from rnnc.spec import load_spec, load_spec_text
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -84,7 +84,9 @@ def test_control_loop_plans_a_loop():
     (MASKED, "{type: Bidirectional, layer: {type: LSTM, units: 2}}",
      Plan("native", requested="auto", native_ops=("LSTM",), fused=True, masked=True, time_loop="scan")),
     (NO_INPUT, "{type: RNN, cell: {type: Decay}}",
-     Plan("loop", requested="auto", time_loop="loop", scan_free=True, why="custom cell 'Decay' has no ONNX op")),
+     Plan("loop", requested="auto", time_loop="loop", scan_free=True,
+          why="custom cell 'Decay' is not an ONNX LSTM, GRU or RNN: the step does not read its input (ONNX's ops "
+              "read x at every step)")),
     (MASKED, "{type: LSTM, units: 2, lowering: unroll}",
      Plan("unroll", requested="unroll", unroll_steps=7, masked=True, why="requested")),
 ])

@@ -9,18 +9,17 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import onnx
+import pytest
 
 # the test extras: keras on its torch backend; without them this module skips
 pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
-from helpers import RNN_OPS, TOL, assert_close, op_counts, run_onnx_reference, run_ort, time_loops  # noqa: E402
-
-import rnnc  # noqa: E402
-from rnnc.reference import run_reference  # noqa: E402
-from rnnc.spec import load_spec_text  # noqa: E402
+import rnnc  # noqa: E402  (after importorskip)
+from helpers import RNN_OPS, TOL, assert_close, op_counts, run_onnx_reference, run_ort, time_loops  # noqa: E402  (after importorskip)
+from rnnc.reference import run_reference  # noqa: E402  (after importorskip)
+from rnnc.spec import load_spec_text  # noqa: E402  (after importorskip)
 
 assert keras.backend.backend() == "torch", "these tests run Keras on its torch backend"
 # torch tensors' __array__ predates NumPy 2's copy keyword; Keras's conversions warn on every call.

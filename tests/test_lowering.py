@@ -5,11 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import (RNN_OPS, TOL, check_parity, compile_text, op_counts, random_feeds, run_onnx_reference, run_ort,
-                     time_loops)
-from rnnc.reference import run_reference
-
+from helpers import (
+    RNN_OPS,
+    TOL,
+    check_parity,
+    compile_text,
+    op_counts,
+    random_feeds,
+    run_onnx_reference,
+    run_ort,
+    time_loops,
+)
 from rnnc.errors import LoweringError, SpecError
+from rnnc.reference import run_reference
 
 HEAD = "rnnc: 1\ninputs: {{x: {{shape: [batch, {time}, 3]}}}}\nlayers:\n"
 

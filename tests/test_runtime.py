@@ -67,7 +67,7 @@ def test_bad_model_files(tmp_path):
     with pytest.raises(ModelFileError, match="model file not found"):
         rnnc.Session(tmp_path / "none.onnx")
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
-    with pytest.raises(ModelFileError, match="ONNX Runtime cannot load"):
+    with pytest.raises(ModelFileError, match="this is a text file, not an ONNX model"):
         rnnc.Session(tmp_path / "bad.onnx")
     with pytest.raises(RnncError, match="providers: expected auto, cpu, cuda"):
         rnnc.Session(compile_text(TEXT), providers="tpu")
@@ -105,6 +105,7 @@ def test_damaged_metadata_is_a_clear_error(tmp_path, table, what):
     """A model file is data from anywhere: rnnc's table in it is checked, not trusted."""
     import onnx
     from onnx import helper
+
     from rnnc.inspect import inspect_model
     m = compile_text(TEXT).model
     del m.metadata_props[:]

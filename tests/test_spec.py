@@ -91,7 +91,7 @@ layers:
   - {type: Lstm, units: 3}
 """)
     assert errs == [
-        "m.yaml:3: inputs.x.dtype: expected one of float32, int32, int64, got 'float16'",
+        "m.yaml:3: inputs.x.dtype: expected one of float32, int32, int64, bool, got 'float16'",
         "m.yaml:5: layers[0].units: expected a positive integer, got 0",
         "m.yaml:6: layers[1].activaton: unknown key 'activaton' for a Dense layer: expected one of "
         "activation, input, name, type, units, use_bias. Did you mean 'activation'?",

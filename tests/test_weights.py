@@ -98,7 +98,7 @@ def test_non_finite_weights_and_bad_files(tmp_path):
     with pytest.raises(WeightsError, match="dense/kernel: contains NaN"):
         rnnc.compile_spec(load_spec_text(TEXT, "m.yaml"), weights=w)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(WeightsError, match="cannot read the weights"):
+    with pytest.raises(WeightsError, match=r"expected a NumPy archive \(\.npz\), got a text file"):
         rnnc.compile_spec(load_spec_text(TEXT, "m.yaml"), weights=tmp_path / "bad.npz")
     with pytest.raises(WeightsError, match="expected a .npz or .safetensors file"):
         (tmp_path / "w.bin").write_bytes(b"")
@@ -109,8 +109,9 @@ def test_non_finite_weights_and_bad_files(tmp_path):
 
 def test_pickled_npz_is_not_loaded(tmp_path):
     np.savez(tmp_path / "p.npz", **{"dense/kernel": np.array([object()], dtype=object)})
-    with pytest.raises(WeightsError, match="cannot read|expected a float array"):
+    with pytest.raises(WeightsError, match="which rnnc never loads") as e:
         rnnc.compile_spec(load_spec_text(TEXT, "m.yaml"), weights=tmp_path / "p.npz")
+    assert "allow_pickle" not in str(e.value)
 
 
 @pytest.mark.parametrize("src, dst, expected", [

@@ -1,7 +1,7 @@
 """Benchmarks, printed as ratios against a baseline measured in the same run (never timed
 tests: machines here are shared and noisy).
 
-    python tools/bench.py [stateful] [loop] [masked] [--repeat N] [--threads N]
+    python tools/bench.py [stateful] [loop] [masked] [crnn] [mha] [--repeat N] [--threads N]
 
 stateful: the per-chunk cost of rnnc.Session carrying the states of LSTM(64) at chunk 100,
           batch 20, against a plain onnxruntime.InferenceSession.run fed the states by hand.
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import yaml
 
@@ -165,14 +166,162 @@ def bench_masked(repeat: int, threads: int) -> None:
         print(f"  {k:48s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}")
 
 
+CRNN_SPEC = Path(__file__).resolve().parents[1] / "specs" / "crnn_ocr.yaml"
+
+
+def compile_without_peephole(spec, weights) -> onnx.ModelProto:
+    """compile_spec's stages without the Transpose peephole: every conv/pool layer keeps the
+    Transpose pair its rule emits."""
+    from rnnc.emit import GraphBuilder, assemble, check
+    from rnnc.lower import LowerCtx, lower_graph
+    from rnnc.pipeline import DEFAULT_IR_VERSION, DEFAULT_OPSET, prepare
+
+    graph, w = prepare(spec, weights=weights)
+    b = GraphBuilder()
+    for name in (*graph.inputs, *(o.name for o in graph.outputs), *(n for io in graph.state_io() for n in io[1:3])):
+        b.reserve(name)
+    lowered = lower_graph(LowerCtx(b, graph, w, "ort"))
+    model = assemble(graph, b, lowered, opset=DEFAULT_OPSET, ir_version=DEFAULT_IR_VERSION, target="ort")
+    check(model)
+    return model
+
+
+def bench_crnn(repeat: int, threads: int) -> None:
+    """The CRNN OCR spec at batch 16: one layout change at each edge of the conv run (the
+    default) against a Transpose pair around each of its four conv/pool layers."""
+    c = rnnc.compile_spec(CRNN_SPEC)
+    pairs = compile_without_peephole(CRNN_SPEC, c.weights)
+    x = np.random.default_rng(0).normal(size=(16, 200, 50, 1)).astype(np.float32)
+    variants = {"transpose at the run's edges": c.model.SerializeToString(),
+                "transpose pair per layer": pairs.SerializeToString()}
+    outs = [ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+            for m in variants.values()]
+    assert np.max(np.abs(outs[0] - outs[1])) < 1e-5          # the same computation
+    n_t = [sum(n.op_type == "Transpose" for n in m.graph.node) for m in (c.model, pairs)]
+    times = rounds(variants, {"image": x}, repeat, threads)
+    t0 = times["transpose pair per layer"]
+    print(f"CRNN OCR (specs/crnn_ocr.yaml), batch 16, image 200x50 (CPU, {threads} threads)")
+    for (k, t), n in zip(times.items(), n_t):
+        print(f"  {k:30s}: {t * 1e3:8.3f} ms   {n:2d} Transposes   ratio {t / t0:.3f}")
+
+
+def bench_mha(repeat: int, threads: int) -> None:
+    """MultiHeadAttention (4 heads of 32) over a BiGRU(64) at batch 32, time 64, input 32:
+    rnnc's model against the same model rebuilt in PyTorch with the same weights (nn.GRU
+    bidirectional + nn.MultiheadAttention) and exported by torch.onnx, both in onnxruntime."""
+    import io
+
+    import torch
+
+    from rnnc.ir import build_graph
+
+    batch, steps, inp, units, heads = 32, 64, 32, 64, 4
+    dim, kd = 2 * units, 2 * units // heads
+    spec = load_spec_text(
+        f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\nlayers:\n"
+        f"  - {{type: Bidirectional, name: enc, layer: {{type: GRU, units: {units}, return_sequences: true}}}}\n"
+        f"  - {{type: MultiHeadAttention, name: mha, input: [enc, enc], num_heads: {heads}, key_dim: {kd}}}\n")
+    rng = np.random.default_rng(0)
+    w = {f"{layer.name}/{k}": rng.normal(0.0, 0.2, size=shape).astype(np.float32)
+         for layer in build_graph(spec).layers.values() for k, shape in layer.params.items()}
+    c = rnnc.compile_spec(spec, weights=w)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(inp, units, batch_first=True, bidirectional=True)
+            self.mha = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+
+        def forward(self, x):
+            h, _ = self.gru(x)
+            return self.mha(h, h, h, need_weights=False)[0]
+
+    m = Model().eval()
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    with torch.no_grad():
+        for half, sfx in (("forward", ""), ("backward", "_reverse")):
+            kern, rec, bias = (c.weights[f"enc/{half}/{k}"] for k in ("kernel", "recurrent_kernel", "bias"))
+            getattr(m.gru, f"weight_ih_l0{sfx}").copy_(t(permute_gates(kern, "keras_gru", "torch_gru").T))
+            getattr(m.gru, f"weight_hh_l0{sfx}").copy_(t(permute_gates(rec, "keras_gru", "torch_gru").T))
+            getattr(m.gru, f"bias_ih_l0{sfx}").copy_(t(permute_gates(bias[0], "keras_gru", "torch_gru")))
+            getattr(m.gru, f"bias_hh_l0{sfx}").copy_(t(permute_gates(bias[1], "keras_gru", "torch_gru")))
+        proj = [c.weights[f"mha/{p}/kernel"].reshape(dim, dim).T for p in ("query", "key", "value")]
+        m.mha.in_proj_weight.copy_(t(np.concatenate(proj)))
+        m.mha.in_proj_bias.copy_(t(np.concatenate([c.weights[f"mha/{p}/bias"].reshape(-1)
+                                                   for p in ("query", "key", "value")])))
+        m.mha.out_proj.weight.copy_(t(c.weights["mha/attention_output/kernel"].reshape(dim, dim).T))
+        m.mha.out_proj.bias.copy_(t(c.weights["mha/attention_output/bias"]))
+    x = rng.normal(size=(batch, steps, inp)).astype(np.float32)
+    buf = io.BytesIO()
+    torch.onnx.export(m, (t(x),), buf, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False,
+                      dynamic_axes={"x": {0: "batch", 1: "time"}, "y": {0: "batch", 1: "time"}})
+    variants = {"rnnc": c.model.SerializeToString(), "torch.onnx (nn.GRU + nn.MultiheadAttention)": buf.getvalue()}
+    outs = [ort.InferenceSession(v, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for v in variants.values()]
+    assert np.max(np.abs(outs[0] - outs[1])) < 1e-4, np.max(np.abs(outs[0] - outs[1]))      # the same model
+    times = rounds(variants, {"x": x}, repeat, threads)
+    t0 = times["torch.onnx (nn.GRU + nn.MultiheadAttention)"]
+    print(f"MultiHeadAttention({heads}x{kd}) over BiGRU({units}), batch {batch}, time {steps}, input {inp} "
+          f"(CPU, {threads} threads)")
+    for k, v in times.items():
+        print(f"  {k:45s}: {v * 1e3:8.3f} ms   ratio {v / t0:.3f}")
+
+
+def bench_precision(repeat: int, threads: int) -> None:
+    """--quantize int8 against float32 on the CPU provider: time ratio and the drift measured at
+    compile time (rnnc's metadata: random calibration inputs with masks)."""
+    from rnnc.runtime.precision import precision_of
+
+    cell = yaml.safe_load(CELL_SPEC.read_text())
+    cell["layers"][0]["lowering"] = "loop"          # the custom cell forced to the time loop (Scan)
+    models = [
+        ("LSTM(512)x2, batch 64, time 50, input 256",
+         "rnnc: 1\ninputs: {x: {shape: [batch, time, 256]}}\nlayers:\n"
+         "  - {type: LSTM, units: 512, return_sequences: true}\n  - {type: LSTM, units: 512}\n"),
+        ("Embedding + GRU(256) + SimpleRNN(128) + Dense, batch 64, time 50",
+         (CELL_SPEC.parent / "gru_simplernn.yaml").read_text()),
+        ("BiLSTM(128) tagger (Embedding, Dense softmax), batch 64, time 50",
+         "rnnc: 1\ninputs: {tokens: {shape: [batch, time], dtype: int32}}\nlayers:\n"
+         "  - {type: Embedding, input_dim: 1000, output_dim: 64}\n"
+         "  - {type: Bidirectional, layer: {type: LSTM, units: 128, return_sequences: true}}\n"
+         "  - {type: Dense, units: 10, activation: softmax}\n"),
+        ("custom LSTM cell (lowering: loop, Scan), 256 units, batch 64, time 50",
+         yaml.safe_dump(cell, sort_keys=False)),
+    ]
+    rng = np.random.default_rng(0)
+    print(f"int8 vs float32 (CPU provider, {threads} threads; drift: compile-time calibration, rnnc metadata)")
+    for title, text in models:
+        spec = load_spec_text(text)
+        f32 = rnnc.compile_spec(spec)
+        q8 = rnnc.compile_spec(spec, quantize="int8")
+        feeds = {}
+        for name, t in f32.graph.inputs.items():
+            shape = [64 if d == "batch" else 50 if isinstance(d, str) else d for d in t.dims]
+            feeds[name] = (rng.integers(1, 1000, size=shape).astype(np.int32) if t.dtype.startswith("int")
+                           else rng.standard_normal(shape).astype(np.float32))
+        times = rounds({"float32": f32.model.SerializeToString(), "int8": q8.model.SerializeToString()}, feeds,
+                       repeat, threads)
+        info = precision_of(q8.model)
+        print(f"{title}")
+        print(f"  float32 {times['float32'] * 1e3:8.2f} ms   int8 {times['int8'] * 1e3:8.2f} ms   "
+              f"ratio {times['int8'] / times['float32']:.2f}")
+        for layer, how in info["layers"].items():
+            print(f"  {layer}: {how}")
+        for out, d in info["drift"].items():
+            agree = "" if d["argmax_agree"] is None else f", argmax agrees {100 * d['argmax_agree']:.1f}%"
+            print(f"  drift {out}: max {d['max_abs']:.3g}, mean {d['mean_abs']:.3g}{agree}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("which", nargs="*", default=["stateful", "loop", "masked"])
+    p.add_argument("which", nargs="*", default=["stateful", "loop", "masked", "crnn", "mha"])
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     for w in a.which:
-        {"stateful": bench_stateful, "loop": bench_loop, "masked": bench_masked}[w](a.repeat, a.threads)
+        {"stateful": bench_stateful, "loop": bench_loop, "masked": bench_masked,
+         "crnn": bench_crnn, "mha": bench_mha,
+         "precision": bench_precision}[w](a.repeat, a.threads)
 
 
 if __name__ == "__main__":

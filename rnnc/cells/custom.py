@@ -7,7 +7,7 @@ import ast
 from dataclasses import dataclass
 from typing import Any
 
-from .lang import Node, Program, StepError, int_value, parse_step
+from .lang import Node, Program, StepError, int_value, live_nodes, parse_step
 from .ops import OPS
 
 DEF_KEYS = {"attrs", "inputs", "params", "state", "step", "output"}
@@ -26,6 +26,9 @@ class BoundCell:
     states: tuple[tuple[str, tuple[int, ...]], ...]
     outputs: tuple[tuple[str, tuple[int, ...]], ...]    # per-step output shapes
     program: Program
+    # not refused, but most likely a mistake: (key path, message, (line, col) in the step or
+    # None); the layer shows them in its notes (rnnc/ir/build.py custom_cell)
+    warnings: tuple[tuple[tuple, str, tuple[int, int] | None], ...] = ()
 
 
 class CellDefError(Exception):
@@ -159,11 +162,28 @@ def bind(name: str, d: dict, attrs: dict[str, Any], input_shapes: list[tuple[int
     if clash:
         raise CellDefError(p, f"names used twice among inputs, params and state: {', '.join(sorted(clash))}")
     try:
-        prog = parse_step(d["step"], ints=ints, inputs=dict(inputs), states=dict(states), params=params, outputs=names)
+        prog = parse_step(d["step"], ints=ints, inputs=dict(inputs), states=dict(states), params=params, outputs=names,
+                          assign_states=True)
     except StepError as e:
         raise CellDefError(p + ("step",), e.message, (e.line, e.col)) from None
     outs = tuple((n, prog.nodes[i].shape[1:]) for n, i in zip(names, prog.outputs))
-    return BoundCell(name, {a: ints[a] for a in want}, tuple(inputs), params, inits, tuple(states), outs, prog)
+    return BoundCell(name, {a: ints[a] for a in want}, tuple(inputs), params, inits, tuple(states), outs, prog,
+                     step_warnings(p, prog))
+
+
+def step_warnings(p: tuple, prog: Program) -> tuple[tuple[tuple, str, tuple[int, int] | None], ...]:
+    """What a step does that is allowed but most likely a mistake. A parameter never read
+    (by anything the outputs or next states depend on) is a warning, not an error: Keras
+    accepts a weight its call() never uses, and a trained weights file may carry one; a state
+    never assigned is refused by the parser. A name assigned and never used: the parser's
+    warnings (rnnc/cells/lang.py)."""
+    live = live_nodes(prog)
+    out: list[tuple[tuple, str, tuple[int, int] | None]] = [
+        (p + ("params", pn), f"parameter `{pn}` is declared but the step never uses it to compute the outputs or "
+                             "states: it has no effect (use it, or remove it from params)", None)
+        for pn, i in prog.params if i not in live]
+    out += [(p + ("step",), message, (line, col)) for message, line, col in prog.warnings]
+    return tuple(out)
 
 
 # ---- NumPy semantics of the step's nodes (the reference interpreter's backend) ----------

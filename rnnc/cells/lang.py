@@ -19,6 +19,7 @@ by the table, statements."""
 from __future__ import annotations
 
 import ast
+import difflib
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
@@ -76,6 +77,15 @@ class Program:
     params: tuple[tuple[str, int], ...]       # param name -> node
     next_states: tuple[int, ...]              # per state, the node of its next value
     outputs: tuple[int, ...]
+    # what the parser noticed but did not refuse: (message, line, column) in the step text
+    # (a name assigned and never used); rewritten programs drop them (they are reported at bind)
+    warnings: tuple[tuple[str, int, int], ...] = ()
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """` Did you mean `x`?` for the closest of `choices`, as unknown keys get (rnnc/spec/loader.py)."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean `{close[0]}`?" if close else ""
 
 
 def int_value(e: ast.AST, ints: Mapping[str, int], fail: Callable[[str, ast.AST], Exception], *,
@@ -111,6 +121,10 @@ class _Builder:
         self.nodes: list[Node] = []
         self.env: dict[str, int] = {}
         self.assigned_at: dict[str, tuple[int, int]] = {}
+        # every binding a statement makes: [name, node, (line, col), read?]; `binding` is the
+        # current one of each name (reads mark it)
+        self.bindings: list[list[Any]] = []
+        self.binding: dict[str, int] = {}
         self.where = (1, 0)
         self.input_ids = [(n, self.add("input", (), (B, *s), name=n)) for n, s in inputs.items()]
         self.state_ids = [(n, self.add("state", (), (B, *s), name=n)) for n, s in states.items()]
@@ -171,11 +185,13 @@ class _Builder:
             return self.make("const", (), value=float(e.value))
         if isinstance(e, ast.Name):
             if e.id in self.env:
+                if e.id in self.binding:
+                    self.bindings[self.binding[e.id]][3] = True
                 return self.env[e.id]
             if e.id in self.ints:
                 return self.make("const", (), value=float(self.ints[e.id]))
             known = sorted(set(self.env) | set(self.ints))
-            raise self.error(f"unknown name `{e.id}`: expected one of {', '.join(known)}")
+            raise self.error(f"unknown name `{e.id}`: expected one of {', '.join(known)}.{did_you_mean(e.id, known)}")
         if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
             x = self.expr(e.operand)
             return x if isinstance(e.op, ast.UAdd) else self.operator("neg", x)
@@ -274,7 +290,8 @@ class _Builder:
                              f"{', '.join(FUNCTIONS)})")
         fn = e.func.id
         if fn not in CALLS:
-            raise self.error(f"unknown function `{fn}`: expected one of {', '.join(FUNCTIONS)}")
+            raise self.error(f"unknown function `{fn}`: expected one of {', '.join(FUNCTIONS)}."
+                             f"{did_you_mean(fn, FUNCTIONS)}")
         d = OPS[CALLS[fn]]
         kw = {k.arg: k.value for k in e.keywords}
         if None in kw:
@@ -358,8 +375,7 @@ class _Builder:
         if isinstance(target, ast.Name):
             if self.node(value).dtype == "tuple":
                 raise self.error("split() gives several parts: unpack them (`a, b = split(...)`) or index one")
-            self.env[target.id] = value
-            self.assigned_at[target.id] = (st.lineno, st.col_offset)
+            self.bind_name(target.id, value, st)
             return
         if isinstance(target, ast.Tuple) and all(isinstance(t, ast.Name) for t in target.elts):
             if self.node(value).dtype != "tuple":
@@ -368,15 +384,29 @@ class _Builder:
             if len(parts) != len(target.elts):
                 raise self.error(f"split() gives {len(parts)} parts, unpacked into {len(target.elts)} names")
             for t, p in zip(target.elts, parts):
-                self.env[t.id] = p  # type: ignore[attr-defined]
-                self.assigned_at[t.id] = (st.lineno, st.col_offset)  # type: ignore[attr-defined]
+                self.bind_name(t.id, p, st)  # type: ignore[attr-defined]
             return
         raise self.error(f"not allowed as an assignment target: `{ast.unparse(target)}`")
 
+    def bind_name(self, name: str, value: int, st: ast.stmt) -> None:
+        self.env[name] = value
+        self.assigned_at[name] = (st.lineno, st.col_offset)
+        self.binding[name] = len(self.bindings)
+        self.bindings.append([name, value, (st.lineno, st.col_offset), False])
+
+    def unused(self, kept: set[str]) -> list[tuple[str, int, tuple[int, int]]]:
+        """Bindings never read and not a state's next value or an output (the final binding of
+        a name in `kept`); names starting with `_` are discards."""
+        final = {i for n, i in self.binding.items() if n in kept}
+        return [(name, node, at) for i, (name, node, at, read) in enumerate(self.bindings)
+                if not read and i not in final and not name.startswith("_")]
+
 
 def parse_step(text: str, *, ints: dict[str, int], inputs: dict[str, Shape], states: dict[str, Shape],
-               params: dict[str, Shape], outputs: list[str]) -> Program:
-    """Parse and shape-check a step. Raises StepError(message, line, col) on any problem."""
+               params: dict[str, Shape], outputs: list[str], assign_states: bool = False) -> Program:
+    """Parse and shape-check a step. Raises StepError(message, line, col) on any problem.
+    assign_states: every state must be assigned (`h = ...`; `h = h` keeps it), as a cell's
+    step must (rnnc/cells/custom.py bind); off for steps parsed on their own (op-table tests)."""
     if not isinstance(text, str) or not text.strip():
         raise StepError("expected the step as text: one `name = expression` per line")
     try:
@@ -392,6 +422,17 @@ def parse_step(text: str, *, ints: dict[str, int], inputs: dict[str, Shape], sta
     except RecursionError:
         raise StepError("the step is nested too deeply", *b.where) from None
     b.where = (1, 0)
+    unused = b.unused(set(states) | set(outputs))
+    never = [n for n in states if n not in b.assigned_at] if assign_states else []
+    if never:
+        name = never[0]
+        # the likeliest slip: an unused name of the state's shape (`y = ...` for `h = ...`), the last one
+        fits = [u for u in unused if b.node(u[1]).shape == (B, *states[name])] or unused
+        hint = f"`{fits[-1][0]}` here is assigned and never used: did you mean `{name} = ...`?" if fits else \
+            f"write `{name} = {name}` to keep it unchanged"
+        raise StepError(f"state `{name}` is never assigned by the step, so it would keep its initial value at every "
+                        f"step: expected a line `{name} = ...` computing its next value ({hint})",
+                        *(fits[-1][2] if fits else (1, 0)))
     next_states = []
     for name, shape in states.items():
         i = b.env[name]
@@ -409,8 +450,10 @@ def parse_step(text: str, *, ints: dict[str, int], inputs: dict[str, Shape], sta
             raise StepError(f"output `{name}` must be a per-example (batched) tensor, got shape {show(b.node(i).shape)}",
                             *b.assigned_at.get(name, (1, 0)))
         outs.append(i)
+    warnings = tuple((f"`{name}` is assigned and never used (name it `_{name}` if that is meant)", *at)
+                     for name, _, at in unused)
     return Program(tuple(b.nodes), tuple(b.input_ids), tuple(b.state_ids), tuple(b.param_ids), tuple(next_states),
-                   tuple(outs))
+                   tuple(outs), warnings)
 
 
 class ProgramWriter:

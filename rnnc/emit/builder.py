@@ -71,7 +71,8 @@ class GraphBuilder:
     # -- constants --------------------------------------------------------------
     def initializer(self, base: str, array: np.ndarray) -> str:
         name = self.fresh(base)
-        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        # no copy of an array that is already contiguous: from_array makes the one copy (the proto's)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, order="C"), name))
         return name
 
     def const(self, value: Any, dtype: str = "int64") -> str:

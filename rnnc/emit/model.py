@@ -47,7 +47,13 @@ def assemble(graph: Graph, b: GraphBuilder, lowered: LoweredGraph, *, opset: int
         inputs.append(value_info(name_in, "float32", dims))
         nodes.append(helper.make_node("Identity", [state_outputs[name_out]], [name_out], name=f"output/{name_out}"))
         outputs.append(value_info(name_out, "float32", dims))
-    g = helper.make_graph(nodes, graph.name, inputs, outputs, initializer=b.initializers)
+    g = helper.make_graph(nodes, graph.name, inputs, outputs)
+    # one initializer at a time: adding to a proto copies it, so the builder's copy is dropped
+    # as it goes (peak: the weights once, plus the largest tensor), not all of them twice
+    inits, b.initializers = b.initializers, []
+    inits.reverse()
+    while inits:
+        g.initializer.append(inits.pop())
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="rnnc",
                               producer_version=__version__)
     model.ir_version = ir_version
@@ -83,13 +89,70 @@ def metadata(graph: Graph, nodes: dict[str, list[str]]) -> dict[str, Any]:
             "equal_dims": [list(c) for c in graph.equal_dims]}
 
 
+# Above this many bytes a model is written with ONNX external data (its tensors in `<file>.data`
+# beside it): one protobuf message, and so one .onnx file, holds at most 2 GB.
+EXTERNAL_DATA_BYTES = 2_000_000_000
+EXTERNAL_MIN_TENSOR = 1024    # smaller tensors stay inside the .onnx file
+
+
+def needs_external_data(model: onnx.ModelProto, limit: int | None = None) -> bool:
+    return model.ByteSize() > (EXTERNAL_DATA_BYTES if limit is None else limit)
+
+
 def check(model: onnx.ModelProto) -> None:
+    """onnx.checker on the model. A model too big for one protobuf message is checked when it
+    is saved, from its files (save_atomic)."""
+    if model.ByteSize() > EXTERNAL_DATA_BYTES:
+        return
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:   # a compiler bug, never the user's
         raise InternalError(f"the emitted model fails onnx.checker: {e}") from e
 
 
-def save_atomic(model: onnx.ModelProto, path: str | Path) -> None:
-    """Write the model all or nothing (rnnc/fileio.py): never a half-written file."""
-    write_atomic({path: model.SerializeToString()})
+def _tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(a.g)
+            elif a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+
+
+def save_atomic(model: onnx.ModelProto, path: str | Path, *, external_data: bool | None = None,
+                limit: int | None = None) -> list[Path]:
+    """Write the model all or nothing (rnnc/fileio.py): never a half-written file. Returns the
+    files written. external_data: True writes every tensor of 1 KiB or more to `<file>.data`
+    (ONNX external data, its path relative to the model); None (auto) does so when the model is
+    over `limit` bytes (EXTERNAL_DATA_BYTES: 2 GB). The tensors are moved, not copied: the
+    in-memory model then refers to the .data file (run it from the saved path)."""
+    path = Path(path)
+    if external_data is None:
+        external_data = isinstance(model, onnx.ModelProto) and needs_external_data(model, limit)
+    if not external_data:
+        write_atomic({path: model.SerializeToString()})
+        return [path]
+    data = path.with_name(path.name + ".data")
+
+    def write_data(f) -> None:
+        offset = 0
+        for t in _tensors(model.graph):
+            if not t.HasField("raw_data") or len(t.raw_data) < EXTERNAL_MIN_TENSOR:
+                continue
+            raw = t.raw_data
+            f.write(raw)
+            t.ClearField("raw_data")       # the model keeps no second copy
+            del t.external_data[:]
+            for k, v in (("location", data.name), ("offset", str(offset)), ("length", str(len(raw)))):
+                t.external_data.add(key=k, value=v)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            offset += len(raw)
+            del raw
+
+    write_atomic({data: write_data, path: lambda f: f.write(model.SerializeToString())})
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:   # a compiler bug
+        raise InternalError(f"the emitted model fails onnx.checker: {e}") from e
+    return [path, data]

@@ -9,8 +9,32 @@
 
 Nothing here executes code from a model file: `.keras` archives are read with zipfile, json
 and h5py, and PyTorch files with `torch.load(weights_only=True)`."""
-from .common import Imported, ImportProblem, write_imported
-from .keras_file import import_keras, import_keras_weights, keras_weights_for_graph
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .common import Imported, ImportProblem, write_imported
+    from .keras_file import import_keras, import_keras_weights, keras_weights_for_graph
+
+# loaded on first use, as in rnnc/__init__.py: the CLI imports rnnc.importers.commands to build
+# its parser, which must not load the importers (and through them the IR) for --help/--version
+_LAZY = {"Imported": ".common", "ImportProblem": ".common", "write_imported": ".common",
+         "import_keras": ".keras_file", "import_keras_weights": ".keras_file", "keras_weights_for_graph": ".keras_file"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["ImportProblem", "Imported", "write_imported", "import_keras", "import_keras_weights",
            "keras_weights_for_graph"]

@@ -10,46 +10,25 @@ from typing import Any
 from ..errors import RnncError
 from ..ir import build_graph
 from ..spec import load_spec
+from .cli_args import IMPORT_HELP, VERIFY_HELP, WEIGHTS_FROM, add_import_parser  # noqa: F401  (re-exported)
 from .common import Imported, output_paths, write_imported
 from .keras_file import import_keras, import_keras_weights, keras_weights_for_graph
 from .torch_state import torch_weights_for_graph
 from .torch_verify import verify_torch
 from .verify import VerifyUnavailable, verify_keras
 
-WEIGHTS_FROM = ("rnnc", "keras", "torch")
-
-IMPORT_HELP = """\
-keras MODEL.keras -o SPEC.yaml: the spec (architecture) and SPEC.npz (weights) from a Keras 3 .keras file,
-read as data (zip, JSON, HDF5): Keras need not be installed and nothing in the file is executed.
-keras MODEL.weights.h5 --spec SPEC.yaml -o OUT.yaml: a Keras .weights.h5 (model.save_weights) mapped onto
-your spec by layer name. torch MODEL.pt --spec SPEC.yaml -o OUT.yaml: a PyTorch state_dict mapped onto your
-spec (see docs/spec.md / README: "Importing")."""
-
-VERIFY_HELP = ("also run the source framework and ONNX Runtime on the same random input and print the max "
-               "difference (nothing is written if it is above 1e-4). Keras: loads the .keras file with "
-               "keras.saving.load_model(safe_mode=True), only when Keras is installed. PyTorch: rebuilds the torch "
-               "modules from the spec (plain stacks only)")
-
-
-def add_import_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    m = sub.add_parser("import", parents=[common], help="import a trained Keras 3 or PyTorch model as a spec + weights",
-                       description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("framework", choices=("keras", "torch"))
-    m.add_argument("model", metavar="MODEL", help="MODEL.keras, MODEL.weights.h5 (with --spec) or a PyTorch "
-                                                  "state_dict .pt/.pth (with --spec)")
-    m.add_argument("-o", "--output", required=True, help="the spec to write (.yaml); its .npz is written beside it")
-    m.add_argument("--spec", help="the spec to map the weights onto (.weights.h5 and PyTorch state_dicts)")
-    m.add_argument("--verify", action="store_true", help=VERIFY_HELP)
-
 
 def cmd_import(args: argparse.Namespace) -> int:
     output_paths(args.output)                     # a bad -o fails before any work
     model = Path(args.model)
+    if getattr(args, "fixed_shapes", False) and (args.framework != "keras" or args.spec is not None):
+        raise RnncError("--fixed-shapes applies to importing a .keras file (its stored input shapes); with "
+                        "--spec the spec's own shapes are used")
     if args.framework == "keras" and args.spec is None:
         if model.name.endswith(".weights.h5") or model.suffix == ".h5":
             raise RnncError(f"{model}: a weights file holds no architecture: pass the spec it belongs to with "
                             "--spec SPEC.yaml (or import the .keras file)")
-        imp = import_keras(model, spec_file=Path(args.output).name)
+        imp = import_keras(model, spec_file=Path(args.output).name, fixed_shapes=args.fixed_shapes)
     else:
         if args.spec is None:
             raise RnncError(f"{model}: a PyTorch state_dict holds no architecture: pass the spec to map it onto "

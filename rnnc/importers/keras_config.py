@@ -12,12 +12,14 @@ from typing import Any
 from ..cells.builtin import CELL_TYPES
 from ..cells.builtin import CELLS as CELL_DEFS
 from ..errors import Problem
-from ..layers import LAYER_DEFS
 from ..ir.semantics import state_ports as ir_state_ports
+from ..layers import LAYER_DEFS
+from ..layers.attention import ATTENTION_KINDS
 from ..spec import schema as S
 
 BUILT_IN = ("Embedding", "Masking", "LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "Dense",
-            "BatchNormalization", "Dropout", "Activation", "Concatenate", "Add", "Multiply", "Average")
+            "BatchNormalization", "Dropout", "Activation", "Concatenate", "Add", "Subtract", "Multiply", "Average",
+            "Maximum", "Minimum", "Dot")
 
 
 def supported() -> tuple[str, ...]:
@@ -85,6 +87,7 @@ class LayerConverter:
                 handled.add("zero_output_for_mask")
         keys.pop("initial_state", None)
         keys.pop("lowering", None)
+        keys.pop("mask", None)          # a call argument (the inbound node's mask=), not a config option
         ldef = LAYER_DEFS.get(cls)
         if ldef is not None:
             handled |= ldef.keras_ignore
@@ -102,6 +105,10 @@ class LayerConverter:
             if not self.bidirectional(cfg, where, loc, out):
                 return None
             handled |= {"layer", "backward_layer"}
+        if ldef is not None and ldef.wraps:
+            if not self.wrapped(cfg, where, loc, out, name):
+                return None
+            handled.add("layer")
         if cls == "BatchNormalization":
             self.bn_flags[name] = (bool(cfg.get("center", True)), bool(cfg.get("scale", True)))
             handled |= {"center", "scale"}
@@ -111,6 +118,8 @@ class LayerConverter:
                     self.err(loc, f"axis={axis}: rnnc normalizes over one axis")
                     return None
                 cfg = {**cfg, "axis": axis[0]}
+        if cls == "LayerNormalization" and isinstance(cfg.get("axis"), list) and len(cfg["axis"]) == 1:
+            cfg = {**cfg, "axis": cfg["axis"][0]}   # Keras writes its built axis as a list: [-1] is -1
         self.options(cfg, keys, loc, out, handled)
         return out
 
@@ -125,6 +134,24 @@ class LayerConverter:
         # go_backwards set to true): keep it only where it differs from that copy.
         if bwd is not None and _norm(bwd) != _norm({**fwd, "go_backwards": True}):
             out["backward_layer"] = bwd
+        return True
+
+    def wrapped(self, cfg: dict, where: str, loc: str, out: dict, name: str) -> bool:
+        """A wrapper's layer (TimeDistributed): any layer rnnc imports but a recurrent one,
+        written without its name (the spec names it `layer`; its weights are the wrapper's)."""
+        entry = cfg.get("layer")
+        cls = entry.get("class_name") if isinstance(entry, dict) else None
+        if cls in (*RECURRENT, "Bidirectional"):
+            self.err(loc, f"{out['type']} around a recurrent layer ({cls}) is not supported: the recurrent layer "
+                          "already runs over time")
+            return False
+        inner = self.layer(entry if isinstance(entry, dict) else {}, f"{where}.config.layer")
+        if inner is None:
+            return False
+        inner_name = inner.pop("name")
+        if inner_name in self.bn_flags:   # its weights are found under the wrapper's name
+            self.bn_flags[name] = self.bn_flags.pop(inner_name)
+        out["layer"] = inner
         return True
 
     def cell(self, entry: Any, where: str, loc: str) -> dict | list | None:
@@ -155,11 +182,11 @@ class LayerConverter:
         for k in keys:                  # mapped keys first, in the spec's order (units first)
             if k in cfg and k not in handled:
                 v = cfg[k]
-                ok, _, expected = keys[k].check(v)
+                ok, normalized, expected = keys[k].check(v)
                 if not ok:
                     hint = " (rnnc's activations)" if "activation" in k else ""
                     self.err(loc, f"{k}={_shown(v)} is not supported: expected {expected}{hint}")
-                elif _differs(v, keys[k].default):
+                elif _differs(normalized, keys[k].default):   # [1] and the default (1,) are one value
                     out[k] = v
         for k, v in cfg.items():
             if k in keys or k in handled or k in IGNORED or k.endswith("_initializer"):
@@ -228,7 +255,40 @@ def ports(entry: dict) -> list[str]:
             return main
         return main + [f"{name}.forward_{p}" for p in state_ports({**inner, "name": ""})] + \
             [f"{name}.backward_{p}" for p in state_ports({**back, "name": ""})]
+    if t in ATTENTION_KINDS and entry.get("return_attention_scores"):
+        return [name, f"{name}.scores"]
     return [name]
+
+
+def attention_call(spec: dict, args: list, kwargs: dict) -> tuple[list, dict, str | None]:
+    """An attention layer's call (rnnc/layers/attention.py) → (args, kwargs) as a merge's
+    (one list of inputs: query, value[, key][, attention mask]), its call options set as keys
+    of `spec`; or a reason it cannot be imported."""
+    kwargs = dict(kwargs)
+    for k in ("use_causal_mask", "return_attention_scores"):
+        if kwargs.pop(k, False):
+            spec[k] = True
+    if spec["type"] != "MultiHeadAttention":
+        if tensors(kwargs.pop("mask", None)):
+            return [], {}, ("the layer is called with mask=[...]: rnnc takes an attention layer's masks from its "
+                            "inputs (Embedding mask_zero, Masking, ...), not as an argument")
+        return list(args), kwargs, None
+    ins = [a for a in args]
+    if kwargs.get("key") is not None:
+        ins.append(kwargs.pop("key"))
+    kwargs.pop("key", None)
+    kwargs.pop("query_mask", None)      # Keras 3 reads the query's own mask, whatever is passed
+    for k in ("value_mask", "key_mask"):
+        if tensors(kwargs.pop(k, None)):
+            return [], {}, (f"the layer is called with {k}=...: rnnc takes MultiHeadAttention's masks from its "
+                            "inputs (Embedding mask_zero, Masking, ...); pass an explicit mask as attention_mask")
+    attn = kwargs.pop("attention_mask", None)
+    if tensors(attn):
+        ins.append(attn)
+        spec["attention_mask"] = True
+    if len(ins) > 4 or any(len(tensors(a)) != 1 for a in ins):
+        return [], {}, "expected MultiHeadAttention called on query, value[, key] tensors"
+    return [ins], kwargs, None
 
 
 # -- Keras tensors in inbound nodes ---------------------------------------------------

@@ -21,15 +21,23 @@ import networkx as nx
 
 from ..errors import Problem, SpecError
 from ..ir import build_graph
+from ..layers import LAYER_DEFS
 from ..spec import load_spec, load_spec_text
+from ..spec import schema as S
 from .common import Imported, ImportProblem, check_spec_text, render_spec
-from .keras_config import RECURRENT, LayerConverter, ports
+from .keras_config import ATTENTION_KINDS, RECURRENT, LayerConverter, attention_call, ports
 from .keras_config import tensors as _tensors
 from .keras_h5 import open_h5, weights_from_h5
 from .keras_masks import MaskFacts, check_masks
 
 MAX_JSON = 64 << 20
-SPEC_DTYPES = ("float32", "int32", "int64")
+MASK_KEY_LAYERS = (*RECURRENT, "Bidirectional", "BatchNormalization")
+
+
+def _reads_mask(kind: str) -> bool:
+    d = LAYER_DEFS.get(kind)
+    return d is not None and d.masking in ("consume", "infer") and d.inputs[1] == 1
+SPEC_DTYPES = ("float32", "int32", "int64", "bool")
 
 
 def read_archive(path: str | Path) -> tuple[dict, dict, bytes]:
@@ -90,8 +98,10 @@ def _flat_outputs(v: Any) -> list[tuple[str, int, int]]:
 class ModelConverter:
     """config.json → (spec inputs, spec layers, outputs) for a Functional or Sequential model."""
 
-    def __init__(self, config: dict, file: str):
-        self.config, self.file = config, file
+    def __init__(self, config: dict, file: str, *, fixed_shapes: bool = False):
+        self.config, self.file, self.fixed_shapes = config, file, fixed_shapes
+        self.refused: set[str] = set()                     # Keras layers refused (their problem reported)
+        self.fixed: dict[str, list] = {}                   # each input's shape as Keras stored it
         self.conv = LayerConverter(file)
         self.inputs: dict[str, dict] = {}
         self.layers: list[dict] = []
@@ -144,6 +154,33 @@ class ModelConverter:
         self.ports[name] = [name]
         return name
 
+    def _symbolic_shapes(self) -> None:
+        """A Sequential model runs on any batch and length whatever batch_shape it stored
+        (built by its first call, it stores that call's shape; Sequential.call does not check
+        it, unlike a Functional model's __call__): batch and time are imported symbolic, unless
+        --fixed-shapes, a stateful layer (it needs its batch) or an unrolled one (it needs its
+        length). Time is axis 1 of a rank-3+ input, or of a rank-2 integer / bool one (token
+        ids, a mask)."""
+        self.fixed = {n: list(d["shape"]) for n, d in self.inputs.items()}
+        if self.fixed_shapes:
+            return
+        def flag(key: str) -> bool:
+            return any(l.get(key) or (l.get("layer") or {}).get(key) for l in self.layers)
+        stateful, unrolled = flag("stateful"), flag("unroll")
+        for decl in self.inputs.values():
+            dims = decl["shape"]
+            if not stateful and isinstance(dims[0], int):
+                dims[0] = "batch"
+            timed = len(dims) >= 3 or (len(dims) == 2 and decl.get("dtype", "float32") != "float32")
+            if timed and not unrolled and isinstance(dims[1], int):
+                dims[1] = "time"
+        changed = [n for n in self.inputs if self.inputs[n]["shape"] != self.fixed[n]]
+        if changed:
+            self.conv.notes.append(
+                "batch and time imported as symbolic dims (Keras runs any batch and length): "
+                + ", ".join(f"{n} {self.fixed[n]} -> {self.inputs[n]['shape']}" for n in changed)
+                + "; pass --fixed-shapes to keep Keras's stored shapes")
+
     def _distinct_time_dims(self) -> None:
         """Keras's None time dims are independent per input: name them apart."""
         timed = [n for n, d in self.inputs.items() if len(d["shape"]) > 1 and d["shape"][1] == "time"]
@@ -187,6 +224,7 @@ class ModelConverter:
         self.outputs = ports(self.layers[-1])
         if inp is not None:
             self._tokens_as_ints({inp: [self.layers[0]["name"]]})
+        self._symbolic_shapes()
 
     # -- Functional -------------------------------------------------------------------
     def functional(self, cfg: dict) -> None:
@@ -205,11 +243,13 @@ class ModelConverter:
                 continue
             spec = self.conv.layer(e, where)
             if spec is None:
+                self.refused.add(name)
                 continue
             loc = f"{where} ({name}, {e.get('class_name')})"
             if len(nodes) != 1:
                 self.err(loc, f"the layer is called {len(nodes)} times: rnnc gives each call its own layer (and "
                               "weights); call each layer once" if nodes else "the layer is not connected")
+                self.refused.add(name)
                 continue
             self.nodes[name] = nodes[0]
             self.where[name] = loc
@@ -224,12 +264,13 @@ class ModelConverter:
             self.connect(spec, consumers)
         self.outputs = [r for t in _flat_outputs(cfg.get("output_layers")) if (r := self.ref(t, "config.output_layers"))]
         self._tokens_as_ints(consumers)
+        self.fixed = {n: list(d["shape"]) for n, d in self.inputs.items()}   # Keras checks them: kept
         self._toposort()
         self._drop_implicit_inputs()
 
     def mask_facts(self) -> MaskFacts:
         return MaskFacts(self.file, tuple((l["name"], l["type"]) for l in self.layers), self.nodes, self.ops,
-                         self.where, self.input_of)
+                         self.where, self.input_of, tuple(self.inputs))
 
     def _toposort(self) -> None:
         """Keep Keras's order, moving a layer after the layers it reads (a spec refers back only)."""
@@ -256,14 +297,18 @@ class ModelConverter:
     def ref(self, t: tuple[str, int, int], loc: str) -> str | None:
         """A Keras tensor → an rnnc reference."""
         name, _, index = t
+        if name in self.refused:
+            return None   # one problem, one message: the refused layer's own
         if name in self.ops:
             self.err(loc, f"operation {self.ops[name][0]} ({name}, a keras.ops call) feeds a layer: rnnc imports "
                           "layers only (keras.ops nodes are accepted only where they compute masks)")
+            self.refused.add(name)
             return None
         refs = self.ports.get(name)
         if refs is None:
             if name not in self.where and name not in self.inputs:
                 self.err(loc, f"unknown tensor source {name!r}")
+                self.refused.add(name)
             return None   # its own problem is already reported
         if index >= len(refs):
             self.err(loc, f"output {index} of {name!r}: the layer has {len(refs)} output(s)")
@@ -275,6 +320,12 @@ class ModelConverter:
         loc = self.where[name]
         node = self.nodes[name]
         args, kwargs = node.get("args") or [], node.get("kwargs") or {}
+        if spec["type"] in ATTENTION_KINDS:     # their call arguments → inputs and keys
+            args, kwargs, why = attention_call(spec, args, kwargs)
+            if why:
+                self.err(loc, why)
+                return
+            self.ports[name] = ports(spec)      # return_attention_scores: the scores are output 1
         if not args:
             self.err(loc, "the layer's call has no input")
             return
@@ -284,8 +335,14 @@ class ModelConverter:
         if len(args) > (2 if takes_state else 1):
             self.err(loc, f"the layer is called with {len(args)} positional arguments: expected its input"
                           + (" and initial_state" if takes_state else ""))
+        mask = None
         for k, v in kwargs.items():
-            if k in ("training", "mask"):
+            if k == "training":
+                continue
+            if k == "mask":
+                mask = self.explicit_mask(v, spec, loc)
+                if mask is False:
+                    return
                 continue
             if k == "initial_state" and takes_state:
                 init = _tensors(v)
@@ -302,11 +359,49 @@ class ModelConverter:
         spec["input"] = refs[0] if len(refs) == 1 else refs
         if states:
             spec["initial_state"] = states
+        if mask:
+            spec["mask"] = mask
         # keep key order readable: type, name, input, then the options
         reordered = {k: spec[k] for k in ("type", "name", "input") if k in spec}
         reordered.update({k: v for k, v in spec.items() if k not in reordered})
         spec.clear()
         spec.update(reordered)
+
+    def explicit_mask(self, v: Any, spec: dict, loc: str) -> str | None | bool:
+        """A layer's `mask=` that is a model input (Keras's `layer(x, mask=m)` with m a bool
+        Input) → the spec's `mask:` key. A mask Keras computed (keras.ops nodes) is no key:
+        check_masks compares it with the one rnnc derives. None: no key; False: refused."""
+        ts = _tensors(v)
+        if len(ts) != 1 or ts[0][0] not in self.inputs:
+            return None
+        name = ts[0][0]
+        if self.inputs[name].get("dtype") != "bool":
+            self.err(loc, f"the layer is called with mask={name}, a {self.inputs[name].get('dtype', 'float32')} "
+                          "input: expected a bool mask input (keras.Input(..., dtype='bool'))")
+            return False
+        if spec["type"] not in MASK_KEY_LAYERS and "mask" not in S.LAYER_KEYS.get(spec["type"], {}) \
+                and not _reads_mask(spec["type"]):
+            self.err(loc, f"the layer is called with mask={name}: rnnc takes an explicit mask only on a layer "
+                          "that reads one (recurrent layers, Bidirectional, BatchNormalization, ...)")
+            return False
+        return name
+
+    def drop_redundant_masks(self, graph) -> bool:
+        """Keras records the mask it passed on in each recurrent layer's call (`mask=` in its
+        inbound node) as if given: a `mask:` key the layer would get from its input anyway is
+        dropped. True if any was."""
+        dropped = False
+        for spec in self.layers:
+            name = spec.get("mask")
+            layer = graph.layers.get(spec["name"])
+            if name is None or layer is None:
+                continue
+            src = layer.inputs[0]
+            carried = None if src.port == "input" else graph.layers[src.layer].mask_out
+            if carried is not None and carried.layer == name and carried.port == "input":
+                del spec["mask"]
+                dropped = True
+        return dropped
 
     def _drop_implicit_inputs(self) -> None:
         """`input:` only where a layer does not simply take the previous one's main output."""
@@ -318,11 +413,12 @@ class ModelConverter:
             prev = p[0] if p[0] == spec["name"] else None
 
 
-def import_keras(path: str | Path, *, spec_file: str = "model.yaml") -> Imported:
-    """Read a .keras file into a checked (compiled in memory) spec and weights."""
+def import_keras(path: str | Path, *, spec_file: str = "model.yaml", fixed_shapes: bool = False) -> Imported:
+    """Read a .keras file into a checked (compiled in memory) spec and weights. Batch and
+    time are symbolic unless `fixed_shapes` (ModelConverter._symbolic_shapes)."""
     file = str(path)
     config, meta, h5bytes = read_archive(path)
-    mc = ModelConverter(config, file)
+    mc = ModelConverter(config, file, fixed_shapes=fixed_shapes)
     try:
         mc.run()
     except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError) as e:
@@ -332,12 +428,28 @@ def import_keras(path: str | Path, *, spec_file: str = "model.yaml") -> Imported
             "save the model with model.save('model.keras')", file=file)]) from None
     model_name = (config.get("config") or {}).get("name") or Path(path).stem
     version = meta.get("keras_version", "?")
-    text = render_spec(str(model_name), mc.inputs, mc.layers, mc.outputs,
-                       header=f"imported by `rnnc import keras` from {Path(path).name} (Keras {version})")
+    header = f"imported by `rnnc import keras` from {Path(path).name} (Keras {version})"
+    text = render_spec(str(model_name), mc.inputs, mc.layers, mc.outputs, header=header)
     try:
         graph = build_graph(load_spec_text(text, spec_file))
     except SpecError as e:
-        raise _spec_problems(e, mc, file) from None
+        symbolic = {n: d for n, d in mc.inputs.items() if d["shape"] != mc.fixed[n]}
+        if not symbolic:
+            raise _spec_problems(e, mc, file) from None
+        # a layer needs a size Keras stored (e.g. a fixed length): keep Keras's shapes
+        for n in symbolic:
+            mc.inputs[n]["shape"] = list(mc.fixed[n])
+        mc.conv.notes[:] = [n for n in mc.conv.notes if not n.startswith("batch and time imported as symbolic")]
+        text = render_spec(str(model_name), mc.inputs, mc.layers, mc.outputs, header=header)
+        try:
+            graph = build_graph(load_spec_text(text, spec_file))
+        except SpecError as e2:
+            raise _spec_problems(e2, mc, file) from None
+        mc.conv.notes.append(f"input shapes kept as Keras stored them: with symbolic batch and time, "
+                             f"{e.problems[0].message}")
+    if mc.drop_redundant_masks(graph):
+        text = render_spec(str(model_name), mc.inputs, mc.layers, mc.outputs, header=header)
+        graph = build_graph(load_spec_text(text, spec_file))
     with open_h5(h5bytes, f"{file}:model.weights.h5") as h5:
         weights = weights_from_h5(h5, graph, file=f"{file}:model.weights.h5", bn_flags=mc.conv.bn_flags)
     try:
@@ -390,7 +502,7 @@ def keras_weights_for_graph(path: str | Path, graph) -> dict:
 def import_keras_weights(path: str | Path, spec_path: str | Path) -> Imported:
     """`rnnc import keras MODEL.weights.h5 --spec SPEC.yaml`: the spec as written, with the
     Keras weights mapped onto it (checked by compiling in memory)."""
-    from ..pipeline import compile_spec   # lazy: onnx (the CLI's parser loads this module)
+    from ..pipeline import compile_spec  # lazy: onnx (the CLI's parser loads this module)
 
     spec = load_spec(spec_path)
     weights = keras_weights_for_graph(path, build_graph(spec))

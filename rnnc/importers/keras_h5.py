@@ -15,6 +15,8 @@ found here by that `name` attribute, so the h5 path's numbering never matters. I
 | LSTM / GRU / SimpleRNN, RNN(cell) | `cell/vars/0..2`: kernel, recurrent_kernel, bias (use_bias) |
 | RNN([cells]) (stacked) | `cell/cells/<lstm_cell, gru_cell, lstm_cell_1, ...>/vars/0..2`, in cell order |
 | Bidirectional | `forward_layer/...` and `backward_layer/...`, each as its recurrent layer |
+| TimeDistributed | `layer/...`, as its wrapped layer (whose parameters are the wrapper's) |
+| MultiHeadAttention | `query_dense/`, `key_dense/`, `value_dense/`, `output_dense/`: `vars/0..1` each (kernel, bias) |
 
 Keras's names and layouts are rnnc's (docs/spec.md, "Weights"), so every array is copied as is."""
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ..errors import Problem, WeightsError
 from ..ir.graph import Graph, Layer
 
 CELL_GROUP = {"LSTM": "lstm_cell", "GRU": "gru_cell", "SimpleRNN": "simple_rnn_cell"}
+MHA_GROUPS = (("query", "query_dense"), ("key", "key_dense"), ("value", "value_dense"),
+              ("attention_output", "output_dense"))
 
 
 def open_h5(data: bytes | str | Path, file: str):
@@ -171,17 +175,28 @@ def weights_from_h5(h5, graph: Graph, *, file: str, bn_flags: dict[str, tuple[bo
             continue
         used.add(layer.name)
         got: dict[str, np.ndarray] = {}
-        if layer.kind == "Bidirectional":
+        kind = layer.kind
+        inner = layer
+        while inner.wrapped is not None and g is not None:   # TimeDistributed: the wrapped layer's under `layer/`
+            g, inner, kind = g.get("layer"), inner.wrapped, inner.wrapped.kind
+            where += f" layer ({kind})"
+        if kind == "Bidirectional":
             for half, sub in zip(("forward", "backward"), layer.sublayers):
                 part = _recurrent(g.get(f"{half}_layer"), sub, f"{where} {half}_layer", problems, file)
                 got.update({f"{half}/{k}": a for k, a in part.items()})
         elif layer.cells:
             got = _recurrent(g, layer, where, problems, file)
+        elif kind == "MultiHeadAttention":   # its projections' groups, each kernel[, bias]
+            for part, sub in MHA_GROUPS:
+                names = [k for k in layer.params if k.startswith(f"{part}/")]
+                arrays = _vars(g.get(sub), f"{where}/{sub}", problems, file)
+                if arrays is not None:
+                    got.update(_take(arrays, names, f"{where}/{sub}", problems, file))
         else:
             arrays = _vars(g, where, problems, file)
             if arrays is None:
                 continue
-            if layer.kind == "BatchNormalization":
+            if kind == "BatchNormalization":
                 got = _batchnorm(arrays, layer, (bn_flags or {}).get(layer.name), where, problems, file)
             else:
                 got = _take(arrays, list(layer.params), where, problems, file)

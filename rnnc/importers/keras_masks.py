@@ -3,7 +3,8 @@
 Keras 3 writes the mask it passes to a layer (`mask=` in the layer's inbound node) as a
 chain of keras.ops nodes: `Masking(v)` on x is `Any(NotEqual(x, v), axis=-1)`,
 `Embedding(mask_zero=True)` on t is `NotEqual(t, 0)`, and merge layers combine masks with
-`LogicalOr` (Concatenate through ExpandDims / OnesLike / Any). Both sides are reduced to the
+`LogicalOr` (Concatenate through ExpandDims / OnesLike / Any); a mask given to a layer
+explicitly (`layer(x, mask=m)`, m a bool model input) is that input. Both sides are reduced to the
 same form, a set of atoms OR-ed together (None: no mask), and compared."""
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def _one(v: Any) -> Tensor:
 
 
 class _KerasMasks:
-    def __init__(self, ops: dict[str, tuple[str, dict, dict]]):
-        self.ops = ops
+    def __init__(self, ops: dict[str, tuple[str, dict, dict]], inputs: tuple[str, ...] = ()):
+        self.ops, self.inputs = ops, inputs
 
     def op(self, t: Tensor) -> tuple[str, dict, list]:
         if t[0] not in self.ops:
@@ -42,7 +43,11 @@ class _KerasMasks:
         return cls, cfg, node.get("args") or []
 
     def canon(self, t: Tensor) -> frozenset | str:
+        if t[0] in self.inputs:    # a bool model input given as the mask (`layer(x, mask=m)`)
+            return frozenset({("input", (t[0], 0, 0), 0.0)})
         cls, cfg, args = self.op(t)
+        if cls == "ConvertToTensor" and args:      # Attention's compute_mask passes the query's mask on
+            return self.canon(_one(args[0]))
         if cls == "NotEqual" and len(args) == 2 and isinstance(args[1], (int, float)):
             return frozenset({("ne", _one(args[0]), float(args[1]))})
         if cls == "LogicalOr" and len(args) == 2:
@@ -86,6 +91,8 @@ def _rnnc(sources: dict[str, Tensor], graph: Graph, ref: Ref | None) -> Any:
     Keras tensor each layer reads."""
     if ref is None:
         return None
+    if ref.port == "input":     # a bool model input (the spec's `mask:` key)
+        return frozenset({("input", (ref.layer, 0, 0), 0.0)})
     layer = graph.layers[ref.layer]
     src = sources.get(layer.name)
     if layer.kind == "Masking":
@@ -107,6 +114,9 @@ def describe(m: Any) -> str:
         return f"the mask output of {m[1]!r}"
     parts = []
     for kind, t, v in sorted(m, key=str):
+        if kind == "input":
+            parts.append(f"model input {t[0]!r}")
+            continue
         parts.append(f"{t[0]}[{t[2]}] != {v:g}" + (" (any feature)" if kind == "any_ne" else ""))
     return "the mask " + " OR ".join(parts)
 
@@ -119,7 +129,8 @@ class MaskFacts:
     nodes    each Keras layer's inbound node (its `kwargs` hold the mask Keras passed);
     ops      each keras.ops node: (class, config, inbound node);
     where    each layer's locator in the config;
-    sources  the Keras tensor each layer reads."""
+    sources  the Keras tensor each layer reads;
+    inputs   the model's inputs."""
 
     file: str
     layers: tuple[tuple[str, str], ...]
@@ -127,12 +138,13 @@ class MaskFacts:
     ops: dict[str, tuple[str, dict, dict]]
     where: dict[str, str]
     sources: dict[str, Tensor]
+    inputs: tuple[str, ...] = ()   # the model's inputs (a mask may be one)
 
 
 def check_masks(facts: MaskFacts, graph: Graph) -> list[Problem]:
     """A problem for each recurrent layer whose mask in Keras differs from rnnc's."""
     problems = []
-    km = _KerasMasks(facts.ops)
+    km = _KerasMasks(facts.ops, facts.inputs)
     for name, kind in facts.layers:
         if kind not in (*RECURRENT, "Bidirectional") or name not in facts.nodes:
             continue

@@ -3,7 +3,8 @@
 Nodes are grouped by the layer that emitted them (`subgraph "cluster_<layer>"`), labelled
 with what the layer became; Loop/If/Scan subgraphs are nested clusters inside their node's
 layer. Colours give the predicted CUDA placement: green cuDNN, red CPU fallback, blue
-host-driven control flow, orange shape arithmetic kept on the CPU. Rendering needs the
+host-driven control flow, orange shape arithmetic kept on the CPU; a legend (the cluster
+"cluster_legend", nodes "legend:*") says so in the picture. Rendering needs the
 `dot` program; without it the DOT file is written instead, with a message saying how to
 install Graphviz."""
 from __future__ import annotations
@@ -22,6 +23,19 @@ from .walk import RNN_OPS, Scope, layer_of, show_shape, subscopes_of, tensor_typ
 FILL = {"cuda": "#c8e6c9", "cpu": "#ffcdd2", "control": "#bbdefb"}
 SHAPE_CPU_FILL = "#ffe0b2"
 INSTALL = "apt-get install graphviz"
+BODY_COLOR = "#1e88e5"
+IO_FILL = "#eeeeee"
+# (id, label, node attributes): what each colour and shape means, drawn in the legend
+LEGEND = [
+    ("cuda", "runs on CUDA (cuDNN for LSTM/GRU/RNN)", {"fillcolor": FILL["cuda"]}),
+    ("cpu", "falls back to the CPU", {"fillcolor": FILL["cpu"]}),
+    ("control", "Loop/If/Scan: steered from the host, body on CUDA", {"fillcolor": FILL["control"]}),
+    ("shape", "shape arithmetic ONNX Runtime keeps on the CPU", {"fillcolor": SHAPE_CPU_FILL}),
+    ("rnn", "thick border: a recurrent op (LSTM/GRU/RNN)", {"fillcolor": "white", "penwidth": "2"}),
+    ("body", "dashed box: a Loop/If/Scan subgraph", {"fillcolor": "white", "style": "dashed,rounded",
+                                                      "color": BODY_COLOR}),
+    ("io", "model input or output", {"fillcolor": IO_FILL, "shape": "ellipse"}),
+]
 
 
 def q(text: str) -> str:
@@ -82,12 +96,23 @@ class _Dot:
             cid = f"cluster_{nid}_{sub.attr}"
             self.lines.append(f"{indent}subgraph {q(cid)} {{")
             self.lines.append(f'{indent}  label={q(f"{n.name or n.op_type} · {sub.attr} ({len(sub.graph.node)} nodes)")}; '
-                              'style="dashed,rounded"; color="#1e88e5";')
+                              f'style="dashed,rounded"; color={q(BODY_COLOR)};')
             for k in range(len(sub.graph.node)):
                 self.emit_node(sub, k, indent + "  ")
             self.lines.append(f"{indent}}}")
             if sub.graph.node:   # tie the control node to its subgraph
                 self.edges.setdefault((nid, self.node_id(sub, 0)), f"@{cid}")
+
+    def legend(self) -> None:
+        """A boxed key to the colours and shapes, its entries stacked by invisible edges."""
+        self.lines += ['  subgraph "cluster_legend" {',
+                       '    label="legend"; style="rounded"; color="#bdbdbd"; fontsize=10;']
+        for key, label, extra in LEGEND:
+            attrs = ", ".join(f"{k}={q(v)}" for k, v in extra.items())
+            self.lines.append(f"    {q('legend:' + key)} [label={q(label)}, {attrs}];")
+        for (a, _, _), (b, _, _) in zip(LEGEND, LEGEND[1:]):
+            self.lines.append(f"    {q('legend:' + a)} -> {q('legend:' + b)} [style=invis];")
+        self.lines.append("  }")
 
     def build(self) -> str:
         root = self.root
@@ -104,7 +129,7 @@ class _Dot:
         for v in r["inputs"]:
             iid = f"input:{v['name']}"
             prod.setdefault(v["name"], iid)
-            self.lines.append(f"  {q(iid)} [shape=ellipse, fillcolor=\"#eeeeee\", "
+            self.lines.append(f"  {q(iid)} [shape=ellipse, fillcolor={q(IO_FILL)}, "
                               f"label={q(v['name'] + chr(10) + v['dtype'] + ' ' + show_shape(v['shape']))}];")
         names = {l["name"] for l in r["layers"]}
         groups: dict[str | None, list[int]] = {}
@@ -124,16 +149,17 @@ class _Dot:
             self.emit_node(root, i, "  ")
         for v in r["outputs"]:
             oid = f"output:{v['name']}"
-            self.lines.append(f"  {q(oid)} [shape=ellipse, fillcolor=\"#eeeeee\", "
+            self.lines.append(f"  {q(oid)} [shape=ellipse, fillcolor={q(IO_FILL)}, "
                               f"label={q(v['name'] + chr(10) + v['dtype'] + ' ' + show_shape(v['shape']))}];")
             src = prod.get(v["name"]) if v["name"] not in inits else None
             if src:
                 self.edges.setdefault((src, oid), v["name"])
         for (a, b), tensor in self.edges.items():
             if tensor.startswith("@"):
-                self.lines.append(f"  {q(a)} -> {q(b)} [lhead={q(tensor[1:])}, style=dashed, color=\"#1e88e5\"];")
+                self.lines.append(f"  {q(a)} -> {q(b)} [lhead={q(tensor[1:])}, style=dashed, color={q(BODY_COLOR)}];")
             else:
                 self.lines.append(f"  {q(a)} -> {q(b)} [tooltip={q(tensor)}];")
+        self.legend()
         self.lines.append("}")
         return "\n".join(self.lines) + "\n"
 

@@ -16,7 +16,10 @@ Fields (format "rnnc.inspect/1"):
   time_loop, scan_free, native_ops, fused, per_half, masked, unroll_steps, why), or null for
   a model written before plans were stored,
   nodes: main-graph nodes of no layer (every node for a model rnnc did not write),
-  placement [{node, op, layer, in, device, why}], strict_gpu {passes, cpu_nodes, ...}.
+  placement [{node, op, layer, in, device, why}], strict_gpu {passes, cpu_nodes, ...},
+  and for a model compiled with --quantize / --precision only: precision {mode (int8 | fp16),
+  layers {layer: how}, calibration, drift {output: {max_abs, mean_abs, argmax_agree}} or null,
+  ...}, and each layer's precision: how it was reduced, or null.
 A node is {name, op, outputs [{name, dtype, shape}], subgraphs {attr: [node, ...]}}.
 """
 from __future__ import annotations
@@ -79,6 +82,9 @@ def build(model: onnx.ModelProto, *, file: str | None = None, origin: str = "mod
         "placement": placed["nodes"],
         "strict_gpu": placed["strict_gpu"],
     }
+    if (meta or {}).get("precision"):
+        # reduced precision (rnnc/runtime/precision.py): mode, quantized layers, measured drift
+        report["precision"] = meta["precision"]
     outputs = {o.name for o in model.graph.output}
     by_layer: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
@@ -90,6 +96,12 @@ def build(model: onnx.ModelProto, *, file: str | None = None, origin: str = "mod
     if meta:
         for l in meta["layers"]:
             report["layers"].append(layer_record(root, l, by_layer.get(l.get("name"), []), types, placed["nodes"]))
+            if "precision" in report:                        # what became int8 / fp16, or None
+                rec = report["layers"][-1]
+                rec["precision"] = (report["precision"].get("layers") or {}).get(l.get("name"))
+                k = rec["ops"].get("DynamicQuantizeLSTM", 0)      # ONNX Runtime's int8 LSTM op
+                if k and rec["lowered_as"] == "native":
+                    rec["lowered_as"] = "native int8 LSTM (DynamicQuantizeLSTM" + (f" ×{k})" if k > 1 else ")")
     return report, root, placed["devices"]
 
 

@@ -2,6 +2,7 @@
 does) and record each layer's parameters. All problems are collected and raised together."""
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import replace
 
 import numpy as np
@@ -9,16 +10,26 @@ import numpy as np
 from ..cells.builtin import CELL_TYPES, CELLS
 from ..cells.custom import CellDefError, bind
 from ..errors import Problem, SpecError
-from ..layers import LAYER_DEFS, InferCtx, LayerDef, Refused
+from ..layers.base import LAYER_DEFS, InferCtx, LayerDef, Refused
 from ..spec.model import CellDecl, LayerDecl, Spec
 from ..spec.schema import CELL_KEYS, CELL_OF_LAYER
 from ..spec.yamlsrc import format_path
 from .graph import Cell, Graph, Layer, Output, Recurrence
-from .semantics import bidirectional_zero_output, merged_mask_rule, state_ports
+from .semantics import (
+    ELEMENTWISE_MERGES,
+    MERGE_LAYERS,
+    bidirectional_zero_output,
+    dot_axes,
+    merged_mask_rule,
+    state_ports,
+)
 from .types import Dim, Ref, TensorType
 
 MASK_PASSING = ("Dense", "Dropout", "Activation", "BatchNormalization")
-MAX_PARAMS = 500_000_000      # float32 parameters: 2 GB, the most one ONNX file (protobuf) holds
+# float32 parameters: 8 GB, held in memory while compiling. Over 2 GB the model is written with
+# ONNX external data (rnnc/emit/model.py save_atomic); this bound is only the memory's.
+MAX_PARAMS = 2_000_000_000
+MAX_TENSOR = 500_000_000      # float32 elements of one parameter: 2 GB, the most one protobuf field holds
 MAX_VALUE = 100_000_000       # elements of one example's state or step value
 
 
@@ -36,6 +47,7 @@ class _Builder:
         self.params = 0
         self.current = ""
         self.equal_dims: list[tuple[Dim, Dim, str]] = []   # checked at run time (rnnc.Session)
+        self.cell_notes: list[str] = []    # custom cells' warnings, for the layer being built (its notes)
 
     # -- errors -----------------------------------------------------------------
     def fail(self, path: tuple, message: str) -> _Fail:
@@ -156,17 +168,19 @@ class _Builder:
         types = [self.type_of(r) for r in ins] if types is None else types
         line = self.spec.source.line(decl.path)
         base = dict(name=decl.name, kind=t, config=decl.config, inputs=tuple(ins), path=decl.path, line=line)
-        merge = t in ("Concatenate", "Add", "Multiply", "Average")
+        merge = t in MERGE_LAYERS
+        explicit = self.explicit_mask(decl, ins, types) if "mask" in decl.config else None
         if t == "RNN":   # one input, or several for a custom cell with `inputs:`
-            return self.recurrent(decl, base, ins, types, self.mask_of(ins[0]))
+            return self.recurrent(decl, base, ins, types, explicit or self.mask_of(ins[0]))
         if t in LAYER_DEFS:
-            return self.defined(LAYER_DEFS[t], decl, base, ins, types)
+            masks = None if explicit is None else [explicit, *(self.mask_of(r) for r in ins[1:])]
+            return self.defined(LAYER_DEFS[t], decl, base, ins, types, masks=masks)
         if not merge and len(ins) != 1:
             raise self.fail(decl.path + ("input",), f"a {t} layer takes one input, got {len(ins)}")
         if merge and len(ins) < 2:
             raise self.fail(decl.path + ("input",), f"a {t} layer takes a list of at least 2 inputs, got {len(ins)}")
         x = types[0]
-        mask = self.mask_of(ins[0])
+        mask = explicit or self.mask_of(ins[0])
         if t == "Embedding":
             if x.dtype not in ("int32", "int64"):
                 raise self.fail(decl.path + ("input",), f"Embedding expects integer token ids (int32 or int64), got {x.dtype} {x}")
@@ -216,7 +230,7 @@ class _Builder:
             want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             raise self.fail(decl.path + ("input",), f"a {ldef.kind} layer takes {want} input(s), got {len(ins)}")
         for i, (r, ty) in enumerate(zip(ins, types)):
-            allowed = ldef.dtypes if i == 0 else ("float32",)
+            allowed = ldef.dtypes if i == 0 else ldef.other_dtypes
             if ty.dtype not in allowed:
                 raise self.fail(decl.path + ("input",), f"{ldef.kind} expects {' or '.join(allowed)} input, got "
                                 f"{ty.dtype} from {r}" + (" (integer token ids need an Embedding first)"
@@ -255,6 +269,9 @@ class _Builder:
             mode = {"pass": "pass", "none": "drop", "own": "own"}[res.mask_out]
             if res.consumes_mask and mode == "drop":
                 mode = "consume"
+        if "mask" in decl.config and not (ldef.masking == "consume" or (ldef.masking == "infer" and res.consumes_mask)):
+            raise self.fail(decl.path + ("mask",), f"a {ldef.kind} layer does not read a mask (Keras 3's "
+                            f"{ldef.kind} is not called with mask=...): remove `mask:`")
         mask_in = mask_out = None
         if mode == "pass":
             mask_in = mask_out = mask
@@ -269,19 +286,19 @@ class _Builder:
                      input_masks=tuple(masks) if len(ins) > 1 else (), notes=notes, wrapped=res.wrapped)
 
     def check_sizes(self, decl: LayerDecl, layer: Layer) -> None:
-        """Refuse sizes no model can have before anything is allocated: an ONNX file holds at
-        most 2 GB, and a value of one example (a state, a step value) is held per step."""
+        """Refuse sizes no model can have before anything is allocated: the weights are held in
+        memory (MAX_PARAMS), and a value of one example (a state, a step value) is held per step."""
         total = 0
         for key, shape in layer.params.items():
             n = int(np.prod(shape, dtype=object))
             total += n
-            if n > MAX_PARAMS:
+            if n > MAX_TENSOR:
                 raise self.fail(decl.path, f"parameter {layer.name}/{key} of shape {shape} has {n:,} elements: "
-                                f"expected at most {MAX_PARAMS:,} (2 GB of float32, the most an ONNX file holds)")
+                                f"expected at most {MAX_TENSOR:,} (2 GB of float32, the most one ONNX tensor holds)")
         self.params += total
         if self.params > MAX_PARAMS:
             raise self.fail(decl.path, f"the model reaches {self.params:,} parameters at layer {layer.name!r}: "
-                            f"expected at most {MAX_PARAMS:,} in all (2 GB of float32, the most an ONNX file holds)")
+                            f"expected at most {MAX_PARAMS:,} in all (8 GB of float32, held in memory while compiling)")
         cells = [c for half in (layer.sublayers or (layer,)) for c in half.cells]
         for c in cells:
             shapes = [s for _, s in c.states] + ([n.shape[1:] for n in c.program.nodes if n.batched]
@@ -315,15 +332,58 @@ class _Builder:
             raise self.fail(decl.path + ("input",), f"{what} needs a fixed feature size (last dim), got {feat!r} in {x}")
         return feat
 
+    MASK_KEY_LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "BatchNormalization")
+
+    def explicit_mask(self, decl: LayerDecl, ins: list[Ref], types: list[TensorType]) -> Ref:
+        """`mask: <reference>` (Keras's `layer(x, mask=m)`): the mask the layer gets instead of
+        its input's; a bool (batch, time) tensor, a model input or a layer's `.mask`."""
+        t, path, text = decl.type, decl.path + ("mask",), decl.config["mask"]
+        ldef = LAYER_DEFS.get(t)
+        takes = t in self.MASK_KEY_LAYERS or (ldef is not None and ldef.masking in ("consume", "infer")
+                                              and ldef.inputs[1] == 1)
+        if not takes:
+            why = ("it makes its own mask" if t in ("Embedding", "Masking") else
+                   "Keras 3 refuses a mask for a merge (it takes the inputs' masks)" if t in MERGE_LAYERS else
+                   f"Keras 3's {t} is not called with mask=...; give the mask to the layer that reads it")
+            raise self.fail(path, f"a {t} layer does not take `mask:`: {why}")
+        name, _, port = text.partition(".")
+        if port == "mask" and name in self.layers and "mask" not in self.layers[name].outputs:
+            ref = self.layers[name].mask_out   # a layer passing its input's mask on
+            if ref is None:
+                raise self.fail(path, f"{text!r}: layer {name!r} carries no mask")
+        else:
+            refs = self.resolve(text, path)
+            if len(refs) != 1:
+                raise self.fail(path, f"{text!r} names {len(refs)} tensors: expected one bool (batch, time) mask")
+            ref = refs[0]
+        ty, x = self.type_of(ref), types[0]
+        if ty.dtype != "bool" or ty.rank != 2:
+            raise self.fail(path, f"{text!r} is {ty.dtype} {ty}: expected a bool (batch, time) mask (a model "
+                            "input with dtype: bool, or a layer's `.mask`)")
+        if x.rank < 3 or not (self.same_dim(ty.dims[0], x.dims[0], decl, "the batch of its input and mask")
+                              and self.same_dim(ty.dims[1], x.dims[1], decl, "the time of its input and mask")):
+            raise self.fail(path, f"mask {text!r} of shape {ty} does not fit the input {x}: expected (batch, time) "
+                            "of a (batch, time, features) input")
+        return ref
+
     def merge(self, decl: LayerDecl, base: dict, ins: list[Ref], types: list[TensorType]) -> Layer:
+        """The merge layers (Keras 3, layers/merging): their output type, and their mask by
+        the one rule in rnnc/ir/semantics.py (merged_mask_rule)."""
         t = decl.type
         for r, ty in zip(ins, types):
             self.expect_float(decl, ty, r)
         first = types[0]
         masks = [self.mask_of(r) for r in ins]
-        if any(ty.rank != first.rank for ty in types):
-            raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same rank, got {', '.join(map(str, types))}")
-        if t == "Concatenate":
+        if t in ("Subtract", "Dot") and len(ins) != 2:
+            raise self.fail(decl.path + ("input",), f"a {t} layer takes exactly 2 inputs, got {len(ins)}")
+        if t == "Dot":
+            out = self.dot_type(decl, types)
+        elif t in ELEMENTWISE_MERGES:
+            out = self.broadcast_type(decl, ins, types, masks)
+        else:
+            if any(ty.rank != first.rank for ty in types):
+                raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same rank, got "
+                                f"{', '.join(map(str, types))}")
             axis = decl.config["axis"]
             if not -first.rank <= axis < first.rank or axis % first.rank == 0:
                 raise self.fail(decl.path + ("axis",), f"expected an axis in 1..{first.rank - 1} or negative, got {axis}")
@@ -338,25 +398,68 @@ class _Builder:
             fixed = [s for s in sizes if isinstance(s, int)]
             dims[ax] = sum(fixed) if len(fixed) == len(sizes) else "+".join(map(str, sizes))
             out = first.with_dims(*dims)
-        else:
-            for ty in types[1:]:
-                for i, (a, b) in enumerate(zip(first.dims, ty.dims)):
-                    if not self.same_dim(a, b, decl, f"axis {i} of its inputs"):
-                        raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same shape, got "
-                                        f"{', '.join(map(str, types))}")
-            out = first
         outs = {"output": out}
         rule = merged_mask_rule(t, [m is not None for m in masks],
                                 t != "Concatenate" or decl.config["axis"] % first.rank == first.rank - 1,
                                 len(set(masks)) == 1)
         mask_out = None
+        notes: tuple[str, ...] = ()
         if rule == "passthrough":
             mask_out = masks[0]
         elif rule is not None:
             outs["mask"] = TensorType("bool", out.dims[:-1])
             mask_out = Ref(decl.name, "mask")
+        elif t == "Dot" and any(m is not None for m in masks):
+            notes = ("incoming masks not applied and not passed on: Keras 3's Dot ignores them",)
         return Layer(**base, outputs=outs, mask_out=mask_out, input_masks=tuple(masks),
-                     mask_merge=rule if rule != "passthrough" else None)
+                     mask_merge=rule if rule != "passthrough" else None, notes=notes)
+
+    def broadcast_type(self, decl: LayerDecl, ins: list[Ref], types: list[TensorType],
+                       masks: list[Ref | None]) -> TensorType:
+        """Keras 3's elementwise merges (Merge.build / call): inputs of lower rank get size-1
+        dims inserted at axis 1 until the ranks agree, then a size-1 dim broadcasts against a
+        larger one (`_compute_elemwise_op_output_shape`); the batch dims must be equal."""
+        t = decl.type
+        rank = max(ty.rank for ty in types)
+        if any(ty.rank != rank for ty in types) and any(m is not None for m in masks):
+            raise self.fail(decl.path + ("input",), f"{t} of inputs of different ranks "
+                            f"({', '.join(map(str, types))}) with a mask is not supported: give the inputs the "
+                            "same rank (Keras would broadcast each mask against its reshaped input)")
+        shaped = [(ty.dims[:1] + (1,) * (rank - ty.rank) + ty.dims[1:]) for ty in types]
+        dims: list[Dim] = list(shaped[0])
+        for d in shaped[1:]:
+            for i, (a, b) in enumerate(zip(dims, d)):
+                if i > 0 and (a == 1 or b == 1):
+                    dims[i] = b if a == 1 else a
+                elif not self.same_dim(a, b, decl, f"axis {i} of its inputs"):
+                    raise self.fail(decl.path + ("input",), f"{t} expects inputs of the same shape or with size 1 "
+                                    f"where they differ (Keras broadcasts those), got "
+                                    f"{', '.join(map(str, types))}: axis {i} is {a} and {b}")
+                elif isinstance(b, int):
+                    dims[i] = b
+        return types[0].with_dims(*dims)
+
+    def dot_type(self, decl: LayerDecl, types: list[TensorType]) -> TensorType:
+        """Keras 3's Dot (layers/merging/dot.py batch_dot): the dims of x but the batch and
+        axes[0], then those of y but the batch and axes[1]; (batch, 1) when nothing is left."""
+        x, y = types
+        axes = dot_axes(decl.config["axes"], x.rank, y.rank)
+        for ty in types:
+            if not 2 <= ty.rank <= 3:
+                raise self.fail(decl.path + ("input",), f"Dot takes inputs of rank 2 or 3 ((batch, features) or "
+                                f"(batch, time, features)), got {', '.join(map(str, types))}")
+        for a, ty in zip(axes, types):
+            if not 1 <= a < ty.rank:
+                raise self.fail(decl.path + ("axes",), f"expected axes in 1..{ty.rank - 1} or negative for input "
+                                f"{ty} (not the batch axis 0), got {decl.config['axes']}")
+        if not self.same_dim(x.dims[0], y.dims[0], decl, "the batch of its inputs"):
+            raise self.fail(decl.path + ("input",), f"Dot expects inputs of the same batch size, got {x} and {y}")
+        if not self.same_dim(x.dims[axes[0]], y.dims[axes[1]], decl, "the sizes of its dot axes"):
+            raise self.fail(decl.path + ("axes",), f"Dot axes {decl.config['axes']}: axis {axes[0]} of {x} "
+                            f"({x.dims[axes[0]]}) and axis {axes[1]} of {y} ({y.dims[axes[1]]}) differ")
+        dims = [x.dims[0], *(d for i, d in enumerate(x.dims) if i not in (0, axes[0])),
+                *(d for i, d in enumerate(y.dims) if i not in (0, axes[1]))]
+        return x.with_dims(*dims, *([1] if len(dims) == 1 else []))
 
     # -- recurrent layers ---------------------------------------------------------
     def cells_of(self, decl: LayerDecl, shapes: list[tuple]) -> tuple[Cell, ...]:
@@ -403,6 +506,12 @@ class _Builder:
             if e.step_pos is None:
                 raise self.fail(path, e.message) from None
             raise self.step_error(path, e.message, e.step_pos, f"layer {self.current!r}") from None
+        for path, message, pos in bound.warnings:
+            src = self.spec.source
+            line, col = self.step_location(path, pos) if pos else (src.line(path), None)
+            where = f"{src.file}:{line}: " if line else ""
+            self.cell_notes.append(f"warning: {where}{format_path(path)}: "
+                                   + (f"column {col + 1}: " if col is not None else "") + message)
         out = bound.outputs[0][1]
         return Cell(cd.type, out[0] if len(out) == 1 else 0, dict(bound.attrs), 0, bound.states,
                     out[0] if len(out) == 1 else 0, bound.params, prefix, inputs=bound.inputs, outputs=bound.outputs,
@@ -411,16 +520,20 @@ class _Builder:
     def step_error(self, path: tuple, message: str, pos: tuple[int, int], used_by: str) -> _Fail:
         """A step problem, located in the file: line and column of the offending text."""
         src = self.spec.source
-        line0, col0 = src.starts.get(path, (src.line(path) or 1, 0))
-        line = line0 + pos[0] - 1
-        if pos[0] == 1 and col0:
-            col = col0 + pos[1]
-        else:
-            text = src.text.splitlines()[line - 1] if 0 < line <= len(src.text.splitlines()) else ""
-            col = len(text) - len(text.lstrip()) + pos[1]
+        line, col = self.step_location(path, pos)
         self.problems.append(Problem(f"column {col + 1}: {message} (in the step, as used by {used_by})",
                                      file=src.file, line=line, path=format_path(path)))
         return _Fail()
+
+    def step_location(self, path: tuple, pos: tuple[int, int]) -> tuple[int, int]:
+        """(line, 0-based column) in the file of a position (line, col) in the step text at `path`."""
+        src = self.spec.source
+        line0, col0 = src.starts.get(path, (src.line(path) or 1, 0))
+        line = line0 + pos[0] - 1
+        if pos[0] == 1 and col0:
+            return line, col0 + pos[1]
+        text = src.text.splitlines()[line - 1] if 0 < line <= len(src.text.splitlines()) else ""
+        return line, len(text) - len(text.lstrip()) + pos[1]
 
     def recurrent(self, decl: LayerDecl, base: dict, refs: list[Ref], types: list[TensorType], mask: Ref | None,
                   *, initial: bool = True) -> Layer:
@@ -436,12 +549,14 @@ class _Builder:
                 raise self.fail(decl.path + ("input",), f"the inputs of {decl.name!r} must share batch and time "
                                 f"dims: {x} from {refs[0]} and {other} from {r}")
         if cfg.get("stateful"):
-            if not isinstance(x.dims[0], int):
+            if not isinstance(x.dims[0], int) and STATEFUL_BATCH.get() != "symbolic":
                 raise self.fail(decl.path + ("stateful",), f"stateful: true needs a fixed batch size, got {x.dims[0]!r} "
-                                "in the input shape: set the input's first dim to an integer (Keras: batch_size=...)")
+                                "in the input shape: set the input's first dim to an integer (Keras: batch_size=...), "
+                                "or compile the serving form (rnnc export triton SPEC, rnnc.serve.compile_serving)")
             if cfg.get("initial_state") is not None:
                 raise self.fail(decl.path + ("initial_state",), "initial_state cannot be combined with stateful: true: "
                                 "a stateful layer starts from its carried state (set it with Session.states)")
+        self.cell_notes = []
         cells = self.cells_of(decl, [t.dims[2:] for t in types])
         batch, time = x.dims[0], x.dims[1]
         outs: dict[str, TensorType] = {}
@@ -463,11 +578,13 @@ class _Builder:
         notes = tuple(f"{k}={cfg[k]} ignored at inference" for k in ("dropout", "recurrent_dropout")
                       if cfg.get(k)) + tuple(
             f"cell {i}: {k}={c.config[k]} ignored at inference" for i, c in enumerate(cells)
-            for k in ("dropout", "recurrent_dropout") if decl.type == "RNN" and c.config.get(k))
+            for k in ("dropout", "recurrent_dropout") if decl.type == "RNN" and c.config.get(k)) + tuple(
+            dict.fromkeys(self.cell_notes))
         mask_out = mask if cfg["return_sequences"] else None
-        if init and mask is not None:
+        if init and mask is not None and "mask" not in cfg:
             # Keras 3 (Layer.__call__) fills in `mask` only for a call with one tensor argument:
-            # a layer called with initial_state runs unmasked, though its output keeps the mask.
+            # a layer called with initial_state runs unmasked, though its output keeps the mask
+            # (a mask given explicitly, `mask:`, is applied).
             notes += ("incoming mask not applied: Keras 3 does not pass a mask to a recurrent layer "
                       "called with initial_state",)
             mask = None
@@ -559,13 +676,21 @@ class _Builder:
                 raise self.fail(decl.path + ("initial_state",), "initial_state cannot be combined with stateful: "
                                 "true: a stateful layer starts from its carried state (set it with Session.states)")
             init = self.initial_states(decl, cfg["initial_state"], states)
-            if mask is not None:   # as for a recurrent layer (Layer.__call__ with two tensor arguments)
+            if "mask" in cfg:      # given explicitly: applied (Keras passes it on to both halves)
+                pass
+            elif mask is not None:   # as for a recurrent layer (Layer.__call__ with two tensor arguments)
                 notes += ("incoming mask not applied: Keras 3 does not pass a mask to a layer called with "
                           "initial_state",)
-        return Layer(**base, outputs=outs, params=params, initial_state=init, mask_in=None if init else mask,
+        return Layer(**base, outputs=outs, params=params, initial_state=init,
+                     mask_in=None if init and "mask" not in cfg else mask,
                      mask_out=mask if seqs else None, sublayers=(fwd, bwd), notes=notes, time=x.dims[1],
                      states=states)
 
+
+# The serving form (rnnc/serve/serving.py, docs/spec.md "Stateful layers"): "symbolic" lets a
+# stateful layer take a symbolic batch, so that its states are `(batch, ...)` inputs and
+# outputs a server batches across sequences; "fixed" (the default) is Keras's rule.
+STATEFUL_BATCH: ContextVar[str] = ContextVar("rnnc_stateful_batch", default="fixed")
 
 def _cell_keys(cell_type: str) -> set[str]:
     return set(CELL_KEYS[cell_type])

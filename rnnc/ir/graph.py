@@ -3,7 +3,7 @@ networkx holds the data flow between layers (Graph.dag)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -11,6 +11,9 @@ import numpy as np
 from ..cells.lang import Program, reads_inputs
 from .plan import Plan
 from .types import Ref, TensorType
+
+if TYPE_CHECKING:
+    from ..passes.recognize import Recognized
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class Cell:
     inits: dict[str, str] = field(default_factory=dict)
     hoisted: frozenset[int] = frozenset()   # custom: step nodes computed for all steps before the loop
     project_hoisted: bool = False           # built-in: its input projection computed for all steps at once
+    # custom: the ONNX op its step is proved to be, with the weight layout (passes/recognize.py),
+    # else why it is none (one line; "" before the pass)
+    recognized: "Recognized | None" = None
+    not_recognized: str = ""
 
     @property
     def custom(self) -> bool:

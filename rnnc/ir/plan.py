@@ -46,6 +46,8 @@ class Plan:
     unroll_steps  the number of unrolled steps (strategy unroll).
     why         why this strategy rather than the native op, in words ("requested", or what
                 the native op cannot do exactly); "" when native or plain.
+    recognized  a native layer of custom cells: the ONNX op each cell was proved to be, in
+                words (rnnc/passes/recognize.py); "" otherwise.
     """
 
     strategy: str
@@ -58,6 +60,7 @@ class Plan:
     masked: bool = False
     unroll_steps: int | None = None
     why: str = ""
+    recognized: str = ""
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -96,6 +99,8 @@ class Plan:
             text = f"native: ONNX {ops[0]} op"
         else:
             text = f"native: {len(ops)} stacked ONNX ops ({', '.join(ops)})"
+        if self.recognized:
+            text += f"; custom cell {self.recognized}"
         if self.masked:
             loop = "Scan" if self.time_loop == "scan" else "Loop"
             text += (f"; mask: right-padded batches run it with sequence_lens, others the exact {loop} "
@@ -126,7 +131,7 @@ class Plan:
         for k in ("scan_free", "fused", "per_half", "masked"):
             if not isinstance(kw.get(k, False), bool):
                 raise PlanError(f"{k} is not true or false")
-        for k in ("strategy", "why"):
+        for k in ("strategy", "why", "recognized"):
             if not isinstance(kw.get(k, ""), str):
                 raise PlanError(f"{k} is not a string")
         for k in ("requested", "time_loop"):
@@ -157,7 +162,7 @@ def _check(p: Plan) -> list[str]:
         out.append(f"strategy {p.strategy} without what was requested")
     if p.strategy == "native" and not p.native_ops:
         out.append("a native plan without ops")
-    if p.strategy != "native" and (p.native_ops or p.fused):
+    if p.strategy != "native" and (p.native_ops or p.fused or p.recognized):
         out.append(f"strategy {p.strategy} with native ops")
     if p.fused and (len(p.native_ops) != 1 or p.per_half):
         out.append("a fused plan has exactly one op")

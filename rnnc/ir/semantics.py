@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-MERGE_LAYERS = ("Concatenate", "Add", "Multiply", "Average")
+MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Dot")
+# the merges Keras 3 computes element by element (layers/merging/base_merge.py `Merge`): their
+# inputs broadcast a size-1 dim against a larger one
+ELEMENTWISE_MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 
 
 def state_ports(cell_states: Sequence[Sequence[str]]) -> list[str]:
@@ -33,15 +36,27 @@ def merged_mask_rule(kind: str, input_has_mask: Sequence[bool], concat_on_last_a
     """How a merge layer's output mask is made (Keras 3, layers/merging):
     None      no mask at all, or one the output passes through unchanged (`passthrough`
               below: every input carries the same mask and nothing reshapes it);
-    "or"      Add, Multiply, Average: the OR of the inputs' masks, and no mask when any
+    "or"      Add, Subtract, Multiply, Average, Maximum, Minimum (Merge.compute_mask): the
+              OR of the inputs' masks (broadcast as the inputs are), and no mask when any
               input has none;
     "concat"  Concatenate: each input's mask broadcast over its features (an unmasked
               input counts as all true), concatenated along the axis, OR-ed over the last.
+    Dot never has one (its compute_mask returns None; its call ignores the masks).
     Returns "passthrough", "or", "concat" or None."""
-    if not any(input_has_mask):
+    if kind == "Dot" or not any(input_has_mask):
         return None
     if kind != "Concatenate":
         if not all(input_has_mask):
             return None
         return "passthrough" if same_mask else "or"
     return "passthrough" if same_mask and all(input_has_mask) and concat_on_last_axis else "concat"
+
+
+def dot_axes(axes: int | tuple[int, int], x_rank: int, y_rank: int) -> tuple[int, int]:
+    """Keras 3's Dot axes (layers/merging/dot.py): one int for both inputs or a pair, a
+    negative axis counted from the end of its input."""
+    pair = (axes, axes) if isinstance(axes, int) else tuple(axes)
+    return tuple(a % r if a < 0 else a for a, r in zip(pair, (x_rank, y_rank)))  # type: ignore[return-value]
+
+
+KERAS_EPSILON = 1e-7   # keras.config.epsilon(): Dot(normalize=True) divides by max(norm, epsilon)

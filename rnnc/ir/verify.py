@@ -101,8 +101,8 @@ def _plan_problems(layer: Layer) -> list[str]:
         out.append(f"plan says masked={p.masked}, the layer {'has' if layer.mask_in else 'has no'} mask")
     if p.strategy == "native":
         cells = [c for half in (layer.sublayers or (layer,)) for c in half.cells]
-        if any(c.custom for c in cells):
-            out.append("a native plan for a custom cell")
+        if any(c.custom and c.recognized is None for c in cells):
+            out.append("a native plan for a custom cell not recognized as an ONNX op")
         want = 1 if p.fused else len(cells)
         if len(p.native_ops) != want:
             out.append(f"a native plan with {len(p.native_ops)} ops for {want}")

@@ -127,7 +127,13 @@ class LayerDef:
     dtypes    the input dtypes accepted (first input; others must be float32).
     keras_ignore   Keras config keys that mean nothing at inference (seed, noise_shape, ...).
     keras_check    extra checks on a Keras config: a list of what is not supported.
-    wraps     the layer wraps another (TimeDistributed): its `layer` key is a nested layer."""
+    wraps     the layer wraps another (TimeDistributed): its `layer` key is a nested layer.
+    initializers   parameter name (its last part: "query/kernel" -> "kernel") -> Keras's
+              default initializer (rnnc/weights/init.py names), for a spec without weights;
+              a name not listed takes the common default (kernels glorot_uniform, biases and
+              betas zeros, gammas ones).
+    other_dtypes   the dtypes accepted for the inputs after the first (an attention mask may
+              be bool)."""
 
     kind: str
     keys: dict[str, S.Key]
@@ -140,6 +146,8 @@ class LayerDef:
     keras_ignore: frozenset[str] = frozenset()
     keras_check: Callable[[dict[str, Any]], list[str]] | None = None
     wraps: bool = False
+    initializers: dict[str, str] = field(default_factory=dict)
+    other_dtypes: tuple[str, ...] = ("float32",)
 
     def __post_init__(self) -> None:
         if self.masking not in MASKING:

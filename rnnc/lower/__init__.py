@@ -7,13 +7,9 @@ from ..errors import InternalError
 from ..ir.graph import Layer
 from ..ir.types import Ref
 from ..layers import LAYER_DEFS
-from . import activation as _activation  # noqa: F401  (imported for its @register side effects)
-from . import conv as _conv  # noqa: F401  (imported for its @register side effects)
-from . import layers as _layers  # noqa: F401  (imported for its @register side effects)
-from . import merging as _merging  # noqa: F401  (imported for its @register side effects)
-from . import normalization as _normalization  # noqa: F401  (imported for its @register side effects)
-from . import shape as _shape  # noqa: F401  (imported for its @register side effects)
-from . import recurrent as _recurrent  # noqa: F401  (imported for its @register side effects)
+
+# the rule modules, imported for their @register side effects
+from . import activation, attention, conv, layers, merging, normalization, recurrent, shape  # noqa: F401
 from .context import LowerCtx, Lowered
 from .registry import has_rule, register, rule
 

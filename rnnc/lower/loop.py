@@ -22,15 +22,16 @@ from ..cells.lang import evaluate, live_nodes
 from ..emit.builder import GraphBuilder
 from ..errors import InternalError
 from ..ir.graph import Cell, Layer
-from . import activations, cellops
+from . import activations, cellops, int8
 from .context import LowerCtx
 
 
 class OnnxOps:
     """The built-in cells' op interface (see rnnc/cells/builtin.py) emitting ONNX nodes."""
 
-    def __init__(self, b: GraphBuilder, params: dict[str, str], lead: int = 0):
+    def __init__(self, b: GraphBuilder, params: dict[str, str], lead: int = 0, q: int8.Int8 | None = None):
         self.b, self.params, self.lead = b, params, lead    # lead: leading axes before [B, ...]
+        self.q = q                                          # int8 matmuls (--quantize int8), or None
 
     def param(self, name: str) -> str:
         return self.params[name]
@@ -39,14 +40,14 @@ class OnnxOps:
         return name in self.params
 
     def affine(self, x: str, w: str, c: str | None) -> str:
-        return cellops.affine(self.b, x, w, c, lead=self.lead)
+        return int8.maybe(self.q, self.b, x, w, c) or cellops.affine(self.b, x, w, c, lead=self.lead)
 
     def matmul(self, a: str, w: str) -> str:
-        return self.b.op("MatMul", [a, w])
+        return int8.maybe(self.q, self.b, a, w) or self.b.op("MatMul", [a, w])
 
     def matmul_add(self, a: str, w: str, c: str) -> str:
         # one Gemm instead of MatMul + Add: one pass less over [B, G*u] per step
-        return self.b.op("Gemm", [a, w, c])
+        return int8.maybe(self.q, self.b, a, w, c) or self.b.op("Gemm", [a, w, c])
 
     def add(self, a: str, c: str) -> str:
         return self.b.op("Add", [a, c])
@@ -76,6 +77,7 @@ class Runner:
     def __init__(self, ctx: LowerCtx, layer_key: str, cell: Cell):
         # what the hoisting pass marked (nothing when it was left out of the pipeline)
         self.cell, self.hoist = cell, cell.project_hoisted
+        self.q = int8.options(ctx)             # --quantize int8: kernels multiplied in int8
         raw = {k: ctx.w(layer_key, cell.prefix + k) for k in cell.params}
         tag = cell.prefix.replace("/", "_")
         if cell.custom:
@@ -91,6 +93,23 @@ class Runner:
             cdef = CELLS[cell.kind]
             prepared = cdef.prepare({k: v.astype(np.float64) for k, v in raw.items()}, cell.units, cell.config)
             self.params = {k: ctx.b.initializer(f"{tag}{k}", v.astype(np.float32)) for k, v in prepared.items()}
+            raw = prepared
+        if self.q is not None:
+            for k, v in raw.items():
+                self.q.register(self.params[k], np.asarray(v, dtype=np.float32))
+
+    def _emit(self, b: GraphBuilder, lead: int) -> Any:
+        """A custom cell's step emitter: matmul/gemm by a kernel param in int8 (--quantize int8)."""
+        def emit(n: Any, a: list[Any]) -> Any:
+            if self.q is not None and n.op in ("matmul", "gemm") and len(a) >= 2 and isinstance(a[1], str):
+                y = int8.maybe(self.q, b, a[0], a[1], a[2] if n.op == "gemm" else None)
+                if y is not None:
+                    return y
+            y = cellops.emit(b, n, a, lead)
+            if self.q is not None and n.op == "getitem" and not n.batched and isinstance(y, str):
+                self.q.register_slice(y, a[0], n.attr("index"))    # a gate block of a kernel
+            return y
+        return emit
 
     def project(self, b: GraphBuilder, xs: list[str], lead: int) -> list[tuple[str, bool]]:
         """(value, per_step) pairs: per-step values are indexed by t inside the Loop."""
@@ -99,18 +118,18 @@ class Runner:
             cdef = CELLS[c.kind]
             if not self.hoist:     # the step projects (once per step, in the body)
                 return [(xs[0], True)]
-            return [(cdef.project(OnnxOps(b, self.params, lead), xs[0], c.units, c.config), True)]
+            return [(cdef.project(OnnxOps(b, self.params, lead, self.q), xs[0], c.units, c.config), True)]
         prog = c.step_program
         seed: dict[int, Any] = {i: x for (_, i), x in zip(prog.inputs, xs)}
         seed.update({i: self.params[n] for n, i in prog.params})
-        vals = evaluate(prog, lambda n, a: cellops.emit(b, n, a, lead), seed, self.frontier)
+        vals = evaluate(prog, self._emit(b, lead), seed, self.frontier)
         return [(v, prog.nodes[i].batched) for i, v in zip(self.frontier, vals)]
 
     def step(self, b: GraphBuilder, projected: list[str], states: list[str]) -> tuple[list[str], list[str]]:
         c = self.cell
         if not c.custom:
             cdef = CELLS[c.kind]
-            ops = OnnxOps(b, self.params)
+            ops = OnnxOps(b, self.params, q=self.q)
             xp = projected[0] if self.hoist else cdef.project(ops, projected[0], c.units, c.config)
             h, ns = cdef.step(ops, xp, tuple(states), c.units, c.config)
             return [h], list(ns)
@@ -118,7 +137,7 @@ class Runner:
         seed: dict[int, Any] = dict(zip(self.frontier, projected))
         seed.update({i: s for (_, i), s in zip(prog.states, states)})
         seed.update({i: self.params[n] for n, i in prog.params})
-        vals = evaluate(prog, lambda n, a: cellops.emit(b, n, a, 0), seed, [*prog.outputs, *prog.next_states])
+        vals = evaluate(prog, self._emit(b, 0), seed, [*prog.outputs, *prog.next_states])
         k = len(prog.outputs)
         return [_fresh_if_shared(b, v, seed) for v in vals[:k]], [_fresh_if_shared(b, v, seed) for v in vals[k:]]
 

@@ -3,6 +3,7 @@ from .choose_lowering import ChooseLowering
 from .hoist import HoistInputProjection
 from .manager import Pass, PassResult, run_passes
 from .reassociate import ReassociateSums
+from .recognize import RecognizeBuiltins
 from .sink_slices import SinkSlices
 
-__all__ = ["ChooseLowering", "HoistInputProjection", "ReassociateSums", "SinkSlices", "Pass", "PassResult", "run_passes"]
+__all__ = ["ChooseLowering", "HoistInputProjection", "ReassociateSums", "RecognizeBuiltins", "SinkSlices", "Pass", "PassResult", "run_passes"]

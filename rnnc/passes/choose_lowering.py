@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..errors import LoweringError, Problem
-from ..ir.graph import Graph, Layer
+from ..ir.graph import Cell, Graph, Layer
 from ..ir.plan import PLAIN, UNUSED, Plan
 from ..spec.yamlsrc import format_path
 from .manager import PassResult, no_plans
@@ -55,7 +55,8 @@ def time_loop(layer: Layer, control: str) -> tuple[str, bool]:
 
 class ChooseLowering:
     name = "choose-lowering"
-    after = ("reassociate-sums", "sink-slices", "hoist-input-projection")   # it plans the steps they leave
+    # it plans the steps they leave; a recognized custom cell runs as the native op
+    after = ("reassociate-sums", "sink-slices", "hoist-input-projection", "recognize-builtins")
 
     def precondition(self, graph: Graph) -> str | None:
         return no_plans(graph)
@@ -112,14 +113,22 @@ class ChooseLowering:
             return Plan("unroll", requested=requested, masked=masked, unroll_steps=layer.time, why=why)
         if strategy == "loop":
             return Plan("loop", requested=requested, time_loop=loop_op, scan_free=scan_free, masked=masked, why=why)
+        halves = layer.sublayers or (layer,)
+        rec = "; ".join(dict.fromkeys(c.recognized.summary for half in halves for c in half.cells if c.recognized))
         if layer.sublayers:
             fused = fusable(layer)
             ops = ((ONNX_OPS[layer.sublayers[0].cells[0].kind],) if fused else
-                   tuple(ONNX_OPS[c.kind] for half in layer.sublayers for c in half.cells))
+                   tuple(onnx_op(c) for half in layer.sublayers for c in half.cells))
             return Plan("native", requested=requested, native_ops=ops, fused=fused, per_half=not fused,
-                        masked=masked, time_loop=self.control if masked else None)
-        return Plan("native", requested=requested, native_ops=tuple(ONNX_OPS[c.kind] for c in layer.cells),
-                    masked=masked, time_loop=self.control if masked else None)
+                        masked=masked, time_loop=self.control if masked else None, recognized=rec)
+        return Plan("native", requested=requested, native_ops=tuple(onnx_op(c) for c in layer.cells),
+                    masked=masked, time_loop=self.control if masked else None, recognized=rec)
+
+
+def onnx_op(cell: Cell) -> str:
+    """The ONNX op of a cell planned native: a built-in's, or the one a custom cell was proved
+    to be (rnnc/passes/recognize.py)."""
+    return cell.recognized.op if cell.recognized is not None else ONNX_OPS[cell.kind]
 
 
 class _Refused(Exception):

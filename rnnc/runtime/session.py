@@ -1,7 +1,15 @@
 """rnnc.Session: an ONNX Runtime session with provider choice (CUDA when present, else the
-CPU) and input validation that names what was expected."""
+CPU) and input validation that names what was expected.
+
+A model from a file or bytes is checked before ONNX Runtime sees it (rnnc/metadata.py
+load_model: protobuf, UTF-8 text, onnx.checker's full check, rnnc's table), so that a damaged
+file is a clear error, never a crash in ONNX Runtime or its Python binding. Providers:
+`auto` takes CUDA when it starts and else the CPU, and says so in `fallback`; an explicit
+request (`cuda`, or a list) that ONNX Runtime cannot meet is an error."""
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,10 @@ def choose_providers(providers: str | list[str]) -> list[str]:
     raise RnncError(f"providers: expected auto, cpu, cuda or a list, got {providers!r}")
 
 
+CUDA_DID_NOT_START = "CUDA could not start (no GPU, or CUDA/cuDNN libraries missing)"
+NO_CUDA_BUILD = "CUDA is not available (this ONNX Runtime has no CUDA provider)"
+
+
 class Session:
     """Run a compiled model. `run({name: array})` returns {output name: array} in the
     spec's output order."""
@@ -58,10 +70,17 @@ class Session:
         finally:
             ort.set_default_logger_severity(2)
         self.providers: list[str] = self._sess.get_providers()
+        # auto and CUDA did not start (or this ONNX Runtime has none): why the CPU runs it
         self.fallback: str | None = None
-        if "CUDAExecutionProvider" in wanted and "CUDAExecutionProvider" not in self.providers:
-            self.fallback = ("CUDAExecutionProvider is listed by ONNX Runtime but could not start "
-                             "(CUDA/cuDNN libraries missing or no GPU); running on the CPU")
+        # (a strict session leaves the CPU out on purpose: _open)
+        lost = [p for p in wanted if p not in self.providers and not (self.strict_gpu and p == "CPUExecutionProvider")]
+        if lost and providers != "auto":          # an explicit request that cannot be met
+            why = CUDA_DID_NOT_START if "CUDAExecutionProvider" in lost else "it could not start"
+            raise RnncError(f"providers={providers if isinstance(providers, str) else list(providers)}: "
+                            f"{', '.join(lost)} was requested but {why}; ONNX Runtime would run on "
+                            f"{', '.join(self.providers)} (pass auto to fall back to the CPU)")
+        if providers == "auto" and "CUDAExecutionProvider" not in self.providers:
+            self.fallback = CUDA_DID_NOT_START if "CUDAExecutionProvider" in wanted else NO_CUDA_BUILD
         meta = self._sess.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = metadata.parse(meta[metadata.KEY], self.path) if metadata.KEY in meta else {}
         self._inputs = {i.name: i for i in self._sess.get_inputs()}
@@ -107,18 +126,40 @@ class Session:
 
     @property
     def states(self) -> dict[str, np.ndarray]:
-        """The carried states, keyed `layer.port` (e.g. `lstm.state_h`); copies."""
+        """The carried states, keyed `layer.port` (e.g. `lstm.state_h`); copies. A model in the
+        serving form (states with a symbolic batch) has none until its first chunk or until
+        they are set: then {}."""
+        if not self._states:
+            return {}
         return {f"{s['layer']}.{s['port']}": self._states[s["input"]].copy() for s in self._state_io}
+
+    @property
+    def state_batch(self) -> int | None:
+        """The batch of the carried states: fixed by the model, or (the serving form, states
+        `(batch, ...)`) by the first chunk or the states set, until reset_states(); None before."""
+        if self._states:
+            return int(next(iter(self._states.values())).shape[0])
+        fixed = [s["dims"][0] for s in self._state_io if isinstance(s["dims"][0], int)]
+        return fixed[0] if fixed else None
+
+    @property
+    def _symbolic_states(self) -> bool:
+        return any(isinstance(s["dims"][0], str) for s in self._state_io)
 
     @states.setter
     def states(self, values: Mapping[str, Any]) -> None:
         self.reset_states(values, _zero_rest=False)
 
     def reset_states(self, values: Mapping[str, Any] | None = None, *, _zero_rest: bool = True) -> None:
-        """Zero every state, then set the given ones ({`layer.port`: array})."""
+        """Zero every state, then set the given ones ({`layer.port`: array}). The serving form
+        (states with a symbolic batch): zeroing forgets the batch too (the next chunk, or the
+        states given, fix it again)."""
         new = dict(self._states)
+        symbolic = self._symbolic_states
         if _zero_rest or not new:
-            new = {s["input"]: np.zeros(s["dims"], np.float32) for s in self._state_io}
+            new = {} if symbolic else {s["input"]: np.zeros(s["dims"], np.float32) for s in self._state_io}
+        # the batch every given state must have: the carried one, else the first given state's
+        batch: int | None = int(next(iter(new.values())).shape[0]) if new else None
         by_key = {f"{s['layer']}.{s['port']}": s for s in self._state_io}
         if values is not None and not isinstance(values, Mapping):
             raise InputError(f"states: expected a dict {{state name: array}} with names from "
@@ -134,14 +175,28 @@ class Session:
                 problems.append(f"state {key!r}: expected a float32 array of shape {tuple(by_key[key]['dims'])}, "
                                 f"got a {type(value).__name__} that is not one ({e})")
                 continue
-            if list(a.shape) != list(by_key[key]["dims"]):
-                problems.append(f"state {key!r}: expected shape {tuple(by_key[key]['dims'])}, got {a.shape}")
+            dims = list(by_key[key]["dims"])
+            if symbolic and isinstance(dims[0], str) and a.ndim == len(dims) and a.shape[0] > 0:
+                if batch is None:
+                    batch = int(a.shape[0])
+                dims[0] = batch
+            if list(a.shape) != dims:
+                problems.append(f"state {key!r}: expected shape {tuple(dims)}, got {a.shape}"
+                                + (" (the batch of the states carried or set with it)" if symbolic else ""))
                 continue
             new[by_key[key]["input"]] = a.copy()
         if problems:
             raise InputError(problems[0] if len(problems) == 1 else None,
                              problems=[Problem(p) for p in problems] if len(problems) > 1 else None)
+        if symbolic and new:       # some states given: the others start from zeros of that batch
+            new = self._zero_states(batch or 1, new)
         self._states = new
+
+    def _zero_states(self, batch: int, given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        given = given or {}
+        return {s["input"]: given[s["input"]] if s["input"] in given else
+                np.zeros([batch if isinstance(d, str) else d for d in s["dims"]], np.float32)
+                for s in self._state_io}
 
     def validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(feeds, Mapping):
@@ -212,6 +267,23 @@ class Session:
                              problems=[Problem(p) for p in problems] if len(problems) > 1 else None)
         return out
 
+    def _states_for(self, checked: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The serving form: the carried states, or zeros of the chunk's batch before the
+        first chunk; a chunk of another batch than the carried states' is an error."""
+        syms = {s["dims"][0] for s in self._state_io if isinstance(s["dims"][0], str)}
+        sized = [a.shape[0] for n, a in checked.items() if self.input_spec(n)[1][:1] and
+                 self.input_spec(n)[1][0] in syms] or [a.shape[0] for a in checked.values() if a.ndim]
+        if not sized:
+            raise InputError("the serving form's states take their batch from the inputs, and no input has one")
+        batch = int(sized[0])
+        if not self._states:
+            return self._zero_states(batch)
+        have = self.state_batch
+        if have != batch:
+            raise InputError(f"this chunk has batch {batch}, but the session carries states for batch {have} "
+                             "(the first chunk's, or the states set): call reset_states() to start a new batch")
+        return self._states
+
     def _check_token_ids(self, name: str, a: np.ndarray) -> list[str]:
         """Token ids feeding an Embedding must lie in [0, input_dim) (ONNX's Gather would
         silently wrap negative ids)."""
@@ -230,8 +302,11 @@ class Session:
         from the carried states and keeps its final states for the next call; on any error the
         states are left untouched."""
         checked = self.validate(feeds)
+        states = self._states
+        if self._symbolic_states:   # the serving form: the first chunk fixes the batch
+            states = self._states_for(checked)
         try:
-            values = self._sess.run(None, {**checked, **self._states})
+            values = self._sess.run(None, {**checked, **states})
         except Exception as e:  # noqa: BLE001 - e.g. a token id outside the embedding table
             raise InputError(f"ONNX Runtime could not run the model on these inputs: {e}") from None
         out = dict(zip(self._all_outputs, values))
@@ -261,7 +336,10 @@ def _open(data: bytes, options, wanted: list[str], *, strict_gpu: bool, where: s
     is opened and Session.fallback says why."""
     def create(opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(data, sess_options=opts, providers=providers)
+            # ONNX Runtime's Python wrapper prints an "EP Error" banner to stdout when a provider
+            # fails and it retries on the CPU: rnnc's stdout carries only rnnc's output
+            with contextlib.redirect_stdout(io.StringIO()):
+                return ort.InferenceSession(data, sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises several unrelated types
             if _REFUSED in str(e):
                 raise
@@ -287,15 +365,19 @@ def _open(data: bytes, options, wanted: list[str], *, strict_gpu: bool, where: s
 
 
 def _model_bytes(model: Any) -> tuple[bytes, str | None]:
+    """The model's bytes for ONNX Runtime, checked first (metadata.load_model) unless it is
+    an rnnc.Compiled, which rnnc.compile_spec has just checked."""
     if isinstance(model, (str, Path)):
         p = Path(model)
-        if not p.is_file():
-            raise ModelFileError(f"model file not found: {p}")
-        return p.read_bytes(), str(p)
-    if hasattr(model, "model"):            # rnnc.Compiled
-        model = model.model
+        data = metadata.read_model_file(p)
+        metadata.load_model(data, str(p), path=p)
+        return data, str(p)
+    if hasattr(model, "model") and hasattr(model, "graph"):    # rnnc.Compiled
+        return model.model.SerializeToString(), None
     if hasattr(model, "SerializeToString"):
+        metadata.check_model(model)
         return model.SerializeToString(), None
-    if isinstance(model, bytes):
-        return model, None
+    if isinstance(model, (bytes, bytearray)):
+        metadata.load_model(bytes(model))
+        return bytes(model), None
     raise RnncError(f"Session: expected a path, bytes, an onnx.ModelProto or rnnc.Compiled, got {type(model).__name__}")

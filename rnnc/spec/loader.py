@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import layers as layer_defs   # defines the LayerDef kinds (rnnc/layers/) in the vocabulary
+from .. import layers as layer_defs  # defines the LayerDef kinds (rnnc/layers/) in the vocabulary
 from ..cells.custom import check_definition
 from ..errors import Problem, SpecError
 from . import schema as S
@@ -162,7 +162,8 @@ def _inputs(c: _Checker, raw: Any) -> dict[str, InputDecl]:
 
 def _layers(c: _Checker, raw: Any, cells: dict) -> list[LayerDecl]:
     if not isinstance(raw, list) or not raw:
-        c.err(("layers",) if raw is not None else (), f"expected a non-empty list of layers, got {_shown(raw)}")
+        got = "an empty list" if isinstance(raw, list) else _shown(raw)
+        c.err(("layers",) if raw is not None else (), f"expected a non-empty list of layers, got {got}")
         return []
     explicit = {l.get("name") for l in raw if isinstance(l, dict) and isinstance(l.get("name"), str)}
     used: set[str] = set()
@@ -202,15 +203,20 @@ def _layer(c: _Checker, item: Any, path: KeyPath, cells: dict, *, top: bool) -> 
                   f"of: {', '.join(S.LAYER_KEYS)} (docs/spec.md, \"Layers\")")
         return None
     table = {**S.COMMON_KEYS, **S.LAYER_KEYS[t]}
+    ldef = layer_defs.LAYER_DEFS.get(t)
+    if ldef is not None and ldef.masking in ("consume", "infer") and ldef.inputs[1] == 1:
+        table["mask"] = S.MASK_KEY      # a defined kind that may read a mask (rnnc/ir/build.py checks it does)
     if not top:
         table.pop("input")
+        table.pop("mask", None)      # a nested layer gets its mask from its wrapper
     cfg = c.keys(item, table, path, f"a {t} layer")
     name = cfg.pop("name") or ""
     inputs = cfg.pop("input", None)
+    if cfg.get("mask", 0) is None:   # `mask:` stays in the config only where the spec gives it
+        del cfg["mask"]
     cfg.pop("type")
     if t == "RNN":
         cfg["cell"] = _cells(c, item.get("cell"), path + ("cell",), cells)
-    ldef = layer_defs.LAYER_DEFS.get(t)
     if ldef is not None and ldef.wraps:
         cfg["layer"] = _wrapped(c, item.get("layer"), path + ("layer",), cells, t)
     if t == "Bidirectional":

@@ -72,6 +72,18 @@ def _refs(v: Any) -> tuple[bool, Any, str]:
     return ok, tuple(v) if ok else v, "a reference (`layer`, `layer.state_h`, an input name) or a list of them"
 
 
+def _dot_axes(v: Any) -> tuple[bool, Any, str]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return True, v, ""
+    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(a, int) and not isinstance(a, bool) for a in v)
+    return ok, tuple(v) if ok else v, "an axis (integer) or a list of 2 axes, one per input"
+
+
+def _mask_ref(v: Any) -> tuple[bool, Any, str]:
+    return (isinstance(v, str) and v != ""), v, ("a reference to a bool (batch, time) tensor: a bool model input "
+                                                  "or a layer's `.mask`")
+
+
 def _nonneg_float(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
     return ok, float(v) if ok else v, "a number >= 0"
@@ -134,6 +146,12 @@ CELL_KEYS: dict[str, dict[str, Key]] = {
 CELL_OF_LAYER = {"SimpleRNN": "SimpleRNNCell", "GRU": "GRUCell", "LSTM": "LSTMCell"}
 LAYER_OF_CELL = {v: k for k, v in CELL_OF_LAYER.items()}
 
+# Keras's `layer(x, mask=m)`: the mask the layer gets instead of its input's. A key of the
+# layers whose Keras call takes `mask=` (recurrent layers, Bidirectional, BatchNormalization
+# and the defined kinds that read a mask: rnnc/spec/loader.py); top-level layers only, and kept
+# in the layer's config only where the spec gives it.
+MASK_KEY = Key(_mask_ref, None)
+
 SEQUENCE_KEYS: dict[str, Key] = {
     "return_sequences": Key(_bool, False),
     "return_state": Key(_bool, False),
@@ -145,6 +163,7 @@ SEQUENCE_KEYS: dict[str, Key] = {
     "zero_output_for_mask": Key(_bool, False),
     "initial_state": Key(_refs, None),
     "lowering": Key(_enum(*LOWERINGS), "auto"),
+    "mask": MASK_KEY,
 }
 
 COMMON_KEYS: dict[str, Key] = {
@@ -166,17 +185,21 @@ LAYER_KEYS: dict[str, dict[str, Key]] = {
     "Bidirectional": {"layer": Key(lambda v: (True, v, ""), required=True),
                       "merge_mode": Key(_enum("concat", "sum", "mul", "ave", None), "concat"),
                       "backward_layer": Key(lambda v: (True, v, ""), None),
-                      "initial_state": Key(_refs, None)},
+                      "initial_state": Key(_refs, None), "mask": MASK_KEY},
     "Dense": {"units": Key(_positive_int, required=True),
               "activation": Key(_optional_activation, "linear"),
               "use_bias": Key(_bool, True)},
-    "BatchNormalization": {"epsilon": Key(_positive_float, 0.001), "axis": Key(_int, -1)},
+    "BatchNormalization": {"epsilon": Key(_positive_float, 0.001), "axis": Key(_int, -1), "mask": MASK_KEY},
     "Dropout": {"rate": Key(_rate, required=True)},
     "Activation": {"activation": Key(_activation, required=True)},
     "Concatenate": {"axis": Key(_int, -1)},
     "Add": {},
+    "Subtract": {},
     "Multiply": {},
     "Average": {},
+    "Maximum": {},
+    "Minimum": {},
+    "Dot": {"axes": Key(_dot_axes, required=True), "normalize": Key(_bool, False)},
 }
 RECURRENT_LAYERS = ("SimpleRNN", "GRU", "LSTM", "RNN")
 
@@ -186,7 +209,8 @@ DEFAULT_NAMES = {
     "LSTM": "lstm", "RNN": "rnn", "Bidirectional": "bidirectional", "Dense": "dense",
     "BatchNormalization": "batch_normalization", "Dropout": "dropout",
     "Activation": "activation", "Concatenate": "concatenate", "Add": "add",
-    "Multiply": "multiply", "Average": "average",
+    "Multiply": "multiply", "Average": "average", "Subtract": "subtract", "Maximum": "maximum",
+    "Minimum": "minimum", "Dot": "dot",
 }
 
 
@@ -202,4 +226,4 @@ def register_layer(kind: str, keys: dict[str, Key], default_name: str) -> None:
 
 TOP_KEYS = {"rnnc", "name", "inputs", "layers", "outputs", "weights", "seed", "cells"}
 INPUT_KEYS = {"shape", "dtype"}
-DTYPES = ("float32", "int32", "int64")
+DTYPES = ("float32", "int32", "int64", "bool")

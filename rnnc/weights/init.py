@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 
 from ..ir.graph import Graph, Layer
+from ..layers import LAYER_DEFS
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
@@ -24,10 +25,24 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
+CHUNK = 1 << 20    # values drawn at a time in float64 before the cast (the draws are the same)
+
+
+def _drawn32(draw, shape: tuple[int, ...]) -> np.ndarray:
+    """draw(n) (n float64 values from the generator, in order) into a float32 array of `shape`,
+    a chunk at a time: the same values as draw(size).astype(float32), without a float64 copy
+    of a large parameter (an Embedding's table)."""
+    out = np.empty(shape, dtype=np.float32)
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, CHUNK):
+        flat[i:i + CHUNK] = draw(min(CHUNK, flat.size - i))
+    return out
+
+
 def glorot_uniform(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     fan_in, fan_out = fans(shape)
     limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, size=shape)
+    return _drawn32(lambda n: rng.uniform(-limit, limit, size=n), shape)
 
 
 def glorot_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -67,8 +82,15 @@ def _recurrent_inits(layer: Layer, prefix: str) -> dict[str, str]:
     return out
 
 
+# Keras's defaults for the common parameter names (a LayerDef lists its own exceptions)
+COMMON_INITS = {"embeddings": "uniform", "kernel": "glorot_uniform", "bias": "zeros", "gamma": "ones",
+                "beta": "zeros", "moving_mean": "zeros", "moving_variance": "ones"}
+
+
 def initializers(layer: Layer) -> dict[str, str]:
     """Param key (under `<layer>/`) → Keras default initializer name."""
+    if layer.wrapped is not None:   # TimeDistributed: its parameters are its layer's
+        return initializers(layer.wrapped)
     if layer.sublayers:
         out: dict[str, str] = {}
         for half in layer.sublayers:
@@ -76,9 +98,13 @@ def initializers(layer: Layer) -> dict[str, str]:
         return out
     if layer.cells:
         return _recurrent_inits(layer, "")
-    table = {"embeddings": "uniform", "kernel": "glorot_uniform", "bias": "zeros", "gamma": "ones",
-             "beta": "zeros", "moving_mean": "zeros", "moving_variance": "ones"}
-    return {k: table[k] for k in layer.params}
+    ldef = LAYER_DEFS.get(layer.kind)
+    own = ldef.initializers if ldef is not None else {}
+    out = {}
+    for k in layer.params:
+        name = k.rsplit("/", 1)[-1]          # MultiHeadAttention's: query/kernel, ...
+        out[k] = own.get(name) or COMMON_INITS.get(name) or ("glorot_uniform" if name.endswith("kernel") else "zeros")
+    return out
 
 
 def init_param(init: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -89,18 +115,18 @@ def init_param(init: str, shape: tuple[int, ...], rng: np.random.Generator) -> n
     elif init == "glorot_normal":
         v = glorot_normal(shape, rng)
     elif init == "uniform":  # keras.initializers.RandomUniform(-0.05, 0.05)
-        v = rng.uniform(-0.05, 0.05, size=shape)
+        v = _drawn32(lambda n: rng.uniform(-0.05, 0.05, size=n), shape)
     elif init == "normal":   # keras.initializers.RandomNormal(0, 0.05)
-        v = rng.normal(0.0, 0.05, size=shape)
+        v = _drawn32(lambda n: rng.normal(0.0, 0.05, size=n), shape)
     elif init == "ones":
-        v = np.ones(shape)
+        v = np.ones(shape, dtype=np.float32)
     elif init.startswith("unit_forget_bias:"):  # zeros, with ones on the forget gate (i f c o)
         u = int(init.split(":")[1])
         v = np.zeros(shape)
         v[u:2 * u] = 1.0
     else:
-        v = np.zeros(shape)
-    return v.astype(np.float32)
+        v = np.zeros(shape, dtype=np.float32)
+    return v.astype(np.float32, copy=False)
 
 
 def default_weights(graph: Graph, seed: int) -> dict[str, np.ndarray]:

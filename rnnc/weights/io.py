@@ -8,14 +8,25 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Problem, WeightsError
-from ..fileio import npz_writer, write_atomic
+from ..fileio import describe, hint, npz_writer, sniff, write_atomic
 from ..ir.graph import Graph
+
+WANT = {".npz": ("npz", "a NumPy archive (.npz)"), ".safetensors": ("safetensors", "a safetensors file")}
 
 
 def read_weights(path: str | Path) -> dict[str, np.ndarray]:
     p = Path(path)
+    if p.is_dir():
+        raise WeightsError(problems=[Problem("is a directory: expected a weights file (.npz or .safetensors)",
+                                             file=str(p))])
     if not p.is_file():
         raise WeightsError(problems=[Problem("weights file not found", file=str(p))])
+    if p.suffix in WANT:               # the content must be what the name says (rnnc/fileio.py sniff)
+        kind = sniff(p)
+        if kind != WANT[p.suffix][0]:
+            tip = hint(p, kind)
+            raise WeightsError(problems=[Problem(f"expected {WANT[p.suffix][1]}, got {describe(kind)}"
+                                                 + (f": {tip}" if tip and kind != "text" else ""), file=str(p))])
     try:
         if p.suffix == ".safetensors":
             from safetensors.numpy import load_file
@@ -24,6 +35,9 @@ def read_weights(path: str | Path) -> dict[str, np.ndarray]:
             with np.load(p, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, Exception) as e:  # noqa: BLE001 - any unreadable file
+        if "pickle" in str(e):          # never numpy's advice to allow_pickle
+            raise WeightsError(problems=[Problem("holds Python objects (a pickled object array), which rnnc never "
+                                                 "loads: save numeric arrays with np.savez", file=str(p))]) from None
         raise WeightsError(problems=[Problem(f"cannot read the weights: {type(e).__name__}: {e}", file=str(p))]) from None
     raise WeightsError(problems=[Problem(f"expected a .npz or .safetensors file, got {p.suffix or 'no suffix'!r}",
                                          file=str(p))])
@@ -33,8 +47,12 @@ def expected_params(graph: Graph) -> dict[str, tuple[int, ...]]:
     return {f"{l.name}/{k}": s for l in graph.layers.values() for k, s in l.params.items()}
 
 
-def check_weights(graph: Graph, weights: dict[str, np.ndarray], file: str | None) -> dict[str, np.ndarray]:
-    """Check names, shapes and dtypes against the graph; return float32 arrays."""
+def check_weights(graph: Graph, weights: dict[str, np.ndarray], file: str | None, *,
+                  ignore_extra: bool = False) -> dict[str, np.ndarray]:
+    """Check names, shapes and dtypes against the graph; return float32 arrays. ignore_extra:
+    weights the graph has no parameter for are skipped, not refused (Keras's
+    `skip_mismatch`/`by_name` loading: a trained seq2seq's weights onto its encoder alone);
+    missing or misshapen ones are still errors."""
     want = expected_params(graph)
     problems: list[Problem] = []
     bad_keys = [k for k in weights if not isinstance(k, str)]
@@ -45,9 +63,10 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], file: str | None
     extra = [k for k in weights if k not in want]
     if missing:
         problems.append(Problem(f"missing {len(missing)} weight(s): {', '.join(missing)}", file=file))
-    if extra:
+    if extra and not ignore_extra:
         problems.append(Problem(f"unexpected {len(extra)} weight(s): {', '.join(extra)} "
-                                f"(expected keys such as {', '.join(list(want)[:4])})", file=file))
+                                f"(expected keys such as {', '.join(list(want)[:4])}; to load only the ones this spec has, pass "
+                                "--weights-ignore-extra / ignore_extra=True)", file=file))
     out: dict[str, np.ndarray] = {}
     for k, shape in want.items():
         if k not in weights:
