@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="what --weights is: rnnc (default: .npz/.safetensors with rnnc's keys), keras (a .weights.h5 "
                         "or .keras file) or torch (a state_dict saved with torch.save, loaded with weights_only=True)")
     c.add_argument("--verify", action="store_true", help=import_args.VERIFY_HELP)
+    c.add_argument("--weights-ignore-extra", action="store_true",
+                   help="accept weights for layers the spec does not have (Keras's skip_mismatch / by_name: e.g. a "
+                        "trained seq2seq's weights onto its encoder spec alone); missing or misshapen weights stay "
+                        "errors")
+    c.add_argument("--external-data", action="store_true",
+                   help="write the tensors to <OUTPUT>.data beside the model (ONNX external data); automatic above "
+                        "the 2 GB a single .onnx file holds")
+    c.add_argument("--serving", action="store_true",
+                   help="the serving form of a stateful model: every input's batch and every carried state's batch "
+                        "symbolic (for `rnnc export triton` and batched streams; README \"Serving on Triton\")")
     # reduced precision (rnnc/runtime/precision.py; README "Reduced precision")
     c.add_argument("--quantize", choices=("int8",),
                    help="int8 weights and matmuls for ONNX Runtime's CPU provider; the drift from float32 is "
@@ -187,6 +197,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.quantize or precision or args.calibrate or args.max_diff is not None:
         compile_spec = functools.partial(compile_spec, quantize=args.quantize, precision=precision,
                                          calibrate=args.calibrate, max_diff=args.max_diff)
+    if args.weights_ignore_extra:
+        compile_spec = functools.partial(compile_spec, ignore_extra=True)
+    if args.serving:
+        from .serve import compile_serving
+
+        compile_spec = functools.partial(compile_serving, **(compile_spec.keywords
+                                                             if isinstance(compile_spec, functools.partial) else {}))
     # --weights-from keras|torch and --verify: rnnc/importers
     from .importers import commands as import_commands
 
@@ -207,9 +224,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(f"--strict-gpu: not checked: {sess.fallback}")
         elif sess.strict_gpu:
             print("--strict-gpu: ok: ONNX Runtime places every main-graph node on CUDA")
-    save_atomic(c.model, out)
+    files = save_atomic(c.model, out, external_data=True if args.external_data else None)
+    extra = f"; tensors in {', '.join(str(f) for f in files[1:])}" if files and len(files) > 1 else ""
     print(f"wrote {out} (opset {args.opset}, IR {args.ir_version}, {len(c.model.graph.node)} nodes, "
-          f"{c.graph.param_count():,} params)")
+          f"{c.graph.param_count():,} params{extra})")
     for layer in c.graph.layers.values():
         if layer.reason:
             print(f"  {layer.name}: {layer.reason}")

@@ -325,7 +325,7 @@ class StrictGpuError(RnncError):
     kind = "strict-gpu error"
 
 
-def _open(data: bytes, options, wanted: list[str], *, strict_gpu: bool, where: str | None
+def _open(data: bytes | str, options, wanted: list[str], *, strict_gpu: bool, where: str | None
           ) -> tuple[ort.InferenceSession, bool]:
     """Create the ONNX Runtime session; returns (session, whether strict GPU placement holds).
 
@@ -364,14 +364,17 @@ def _open(data: bytes, options, wanted: list[str], *, strict_gpu: bool, where: s
                          "lists them and says why")
 
 
-def _model_bytes(model: Any) -> tuple[bytes, str | None]:
-    """The model's bytes for ONNX Runtime, checked first (metadata.load_model) unless it is
-    an rnnc.Compiled, which rnnc.compile_spec has just checked."""
+def _model_bytes(model: Any) -> tuple[bytes | str, str | None]:
+    """The model for ONNX Runtime (its bytes, or its path where its tensors are ONNX external
+    data: ONNX Runtime finds `<model>.data` beside the model only when it opens the path), checked
+    first (metadata.load_model) unless it is an rnnc.Compiled, which rnnc.compile_spec has just
+    checked."""
     if isinstance(model, (str, Path)):
         p = Path(model)
         data = metadata.read_model_file(p)
-        metadata.load_model(data, str(p), path=p)
-        return data, str(p)
+        proto = metadata.load_model(data, str(p), path=p)
+        external = any(t.data_location == 1 for t in proto.graph.initializer)   # TensorProto.EXTERNAL
+        return (str(p.resolve()) if external else data), str(p)
     if hasattr(model, "model") and hasattr(model, "graph"):    # rnnc.Compiled
         return model.model.SerializeToString(), None
     if hasattr(model, "SerializeToString"):
