@@ -179,10 +179,37 @@ def cmd_import(args: argparse.Namespace) -> int:
     return import_commands.cmd_import(args)
 
 
+class _Progress:
+    """Prints a long compile's stages to stderr: nothing for the first `after` seconds (most
+    compiles are done by then), then each stage with the time so far."""
+
+    def __init__(self, after: float = 2.0):
+        self.start, self.after, self.pending = time.monotonic(), after, None
+
+    def __call__(self, stage: str) -> None:
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.after:
+            if self.pending:          # the stage that was running when the threshold passed
+                print(f"compiling: {self.pending} ...", file=sys.stderr)
+                self.pending = None
+            print(f"compiling: {stage} ({elapsed:.1f} s so far)", file=sys.stderr, flush=True)
+        else:
+            self.pending = stage
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     # lazy (onnx): see the module docstring
     from .emit import save_atomic
-    from .pipeline import compile_spec
+    from .pipeline import PROGRESS, compile_spec, stage
+
+    token = PROGRESS.set(_Progress())
+    try:
+        return _compile(args, save_atomic, compile_spec, stage)
+    finally:
+        PROGRESS.reset(token)
+
+
+def _compile(args: argparse.Namespace, save_atomic, compile_spec, stage) -> int:
 
     _spec_file(args.spec)
     out = Path(args.output)
@@ -224,6 +251,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(f"--strict-gpu: not checked: {sess.fallback}")
         elif sess.strict_gpu:
             print("--strict-gpu: ok: ONNX Runtime places every main-graph node on CUDA")
+    stage(f"writing {out}")
     files = save_atomic(c.model, out, external_data=True if args.external_data else None)
     extra = f"; tensors in {', '.join(str(f) for f in files[1:])}" if files and len(files) > 1 else ""
     print(f"wrote {out} (opset {args.opset}, IR {args.ir_version}, {len(c.model.graph.node)} nodes, "

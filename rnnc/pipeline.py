@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +114,17 @@ def resolve_weights(spec: Spec, graph: Graph, weights: str | Path | dict | None,
     return check_weights(graph, read_weights(path), str(path), ignore_extra=ignore_extra)
 
 
+# Long compiles say where they are: a function of the stage's name, set by the caller (the CLI
+# prints the stages of a compile that takes longer than a couple of seconds)
+PROGRESS: ContextVar[Callable[[str], None] | None] = ContextVar("rnnc_progress", default=None)
+
+
+def stage(name: str) -> None:
+    report = PROGRESS.get()
+    if report is not None:
+        report(name)
+
+
 def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, opset: int = DEFAULT_OPSET,
                  ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True,
                  control: str = "auto", ignore_extra: bool = False, quantize: str | None = None,
@@ -144,6 +157,7 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
     control = time_loop_op(control)
     if not 8 <= ir_version <= max_ir:
         raise RnncError(f"--ir-version: expected 8..{max_ir} (the newest IR version {by} supports), got {ir_version}")
+    stage("reading the spec and the weights, running the passes")
     graph, w = prepare(spec, weights=weights, target=target, control=control, hoist=hoist, verify=VERIFY_IR,
                        ignore_extra=ignore_extra, quantize=quantize)
     builder = GraphBuilder()
@@ -152,11 +166,14 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
     ctx = LowerCtx(builder, graph, w, target)
     if quantize == "int8":
         ctx.int8 = Int8()     # type: ignore[attr-defined]  (the int8 switch: rnnc/lower/int8.py options)
+    stage("lowering to ONNX")
     lowered = cancel_transpose_pairs(graph, builder, lower_graph(ctx))   # rnnc/emit/peephole.py
     model = assemble(graph, builder, lowered, opset=opset, ir_version=ir_version, target=target)
+    stage("checking the model (onnx.checker)")
     check(model)
     if reduced is None:
         return Compiled(model, graph, w)
+    stage("measuring the reduced-precision model against float32")
     kw = dict(weights=weights, opset=opset, ir_version=ir_version, target=target, hoist=hoist, control=control,
               ignore_extra=ignore_extra)
     return reduced.finish(Compiled(model, graph, w), spec, kw, int8=getattr(ctx, "int8", None), quantize=quantize,

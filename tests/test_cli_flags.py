@@ -1,6 +1,8 @@
 """rnnc compile's --external-data, --weights-ignore-extra and --serving, end to end."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 
@@ -55,3 +57,18 @@ def test_serving_form_has_a_symbolic_state_batch(tmp_path):
     sess.reset_states()
     sess.run({"x": x[:, :3]})
     np.testing.assert_allclose(sess.run({"x": x[:, 3:]})["gru"], whole, atol=1e-6)   # streamed = whole
+
+
+def test_a_long_compile_reports_its_stages_a_short_one_is_quiet(tmp_path, capsys, monkeypatch):
+    from rnnc import cli
+
+    spec = tmp_path / "m.yaml"
+    spec.write_text("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: 4}\n")
+    assert main(["compile", str(spec), "-o", str(tmp_path / "a.onnx")]) == 0
+    assert "compiling:" not in capsys.readouterr().err          # under the threshold: nothing
+    monkeypatch.setattr(cli, "_Progress", functools.partial(cli._Progress, after=0.0))   # every compile is long
+    assert main(["compile", str(spec), "-o", str(tmp_path / "b.onnx")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [e.rsplit(" (", 1)[0] for e in err] == [
+        "compiling: reading the spec and the weights, running the passes", "compiling: lowering to ONNX",
+        "compiling: checking the model (onnx.checker)", f"compiling: writing {tmp_path / 'b.onnx'}"]
