@@ -5,9 +5,9 @@ compile_spec / Compiled (the pipeline, which imports onnx) and Session (onnxrunt
 loaded on first use."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from ._version import __version__
 from .errors import (
     InputError,
@@ -29,16 +29,7 @@ if TYPE_CHECKING:
 _LAZY = {"compile_spec": ".pipeline", "Compiled": ".pipeline", "Session": ".runtime", "load_spec": ".spec"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:   # imports onnx / onnxruntime only when asked
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

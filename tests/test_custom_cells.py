@@ -7,32 +7,12 @@ import re
 import numpy as np
 import onnx
 import pytest
+from hypothesis_or_skip import HealthCheck, given, settings, st  # skips the property tests without hypothesis
 
 from helpers import check_parity, compile_text, op_counts, random_feeds
 from rnnc.errors import SpecError
 from rnnc.ir import build_graph
 from rnnc.spec import load_spec_text
-
-try:
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-except ImportError:   # hypothesis is a test extra: without it, only the property tests skip
-    class _NoHypothesis:
-        """Stands in for hypothesis at import time: strategies are inert, @given skips the test."""
-
-        def __getattr__(self, name):
-            return self
-
-        def __call__(self, *args, **kwargs):
-            return self
-
-    HealthCheck = st = _NoHypothesis()
-
-    def settings(*args, **kwargs):
-        return lambda f: f
-
-    def given(*args, **kwargs):
-        return pytest.mark.skip(reason="hypothesis is not installed (pip install -e '.[test]')")
 
 MINIMAL = """cells:
   MinimalRNNCell:

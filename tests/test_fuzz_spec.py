@@ -6,33 +6,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pytest
 import yaml
+from hypothesis_or_skip import HealthCheck, given, settings, st  # skips the property tests without hypothesis
 
 import rnnc
 from rnnc.errors import RnncError
 from rnnc.spec import load_spec_text
-
-try:
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-except ImportError:   # hypothesis is a test extra: without it the fuzz test skips (compile_or_refuse stays)
-    class _NoHypothesis:
-        """Stands in for hypothesis at import time: strategies are inert, @given skips the test."""
-
-        def __getattr__(self, name):
-            return self
-
-        def __call__(self, *args, **kwargs):
-            return self
-
-    HealthCheck = st = _NoHypothesis()
-
-    def settings(*args, **kwargs):
-        return lambda f: f
-
-    def given(*args, **kwargs):
-        return pytest.mark.skip(reason="hypothesis is not installed (pip install -e '.[test]')")
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.yaml"))
 BASES = [yaml.safe_load(p.read_text()) for p in SPECS]

@@ -17,6 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 pytest.importorskip("h5py")
+from keras_parity import randomize  # noqa: E402  (after importorskip)
+
 import rnnc  # noqa: E402  (after importorskip)
 from helpers import TOL, run_ort  # noqa: E402  (after importorskip)
 from rnnc.cli import main  # noqa: E402  (after importorskip)
@@ -34,15 +36,6 @@ MASK = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1]], dt
 
 
 # --------------------------------------------------------------------------- Keras helpers
-
-def randomize(model: keras.Model, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        a = rng.normal(0.0, 0.4, size=tuple(v.shape))
-        if "moving_variance" in v.path:
-            a = np.abs(a) + 0.5
-        v.assign(a.astype(np.float32))
-
 
 def xs(seed: int = 1, mask_value: float | None = None, t: int = T, f: int = F, b: int = B) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(b, t, f)).astype(np.float32)

@@ -7,16 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis_or_skip import HealthCheck, given, settings, st  # skips the property test without hypothesis
 
 from helpers import check_parity, compile_text
 from rnnc.pipeline import prepare
 from rnnc.spec import load_spec_text
-
-try:
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-except ImportError:   # pragma: no cover - hypothesis is a test extra
-    given = None
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -352,50 +347,49 @@ def test_the_reference_runs_the_equations_not_the_recognized_op():
 
 # ---- property: native only where the numbers agree ------------------------------------------------
 
-if given is not None:
-    GATE_ACTS = ["sigmoid", "hard_sigmoid", "tanh", "selu", "softplus"]
+GATE_ACTS = ["sigmoid", "hard_sigmoid", "tanh", "selu", "softplus"]
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(form=st.sampled_from(["rnn", "gru", "lstm"]), order=st.booleans(), bias=st.booleans(),
-           ra=st.sampled_from(GATE_ACTS), act=st.sampled_from(["tanh", "relu", "selu", "softsign"]),
-           twist=st.sampled_from(["none", "none", "old_c_peephole", "tanh_twice", "mix_x"]))
-    def test_random_cells_lower_native_only_where_exact(form, order, bias, ra, act, twist):
-        b = (lambda k: f" + b{k}") if bias else (lambda k: "")
-        xw = (lambda k: f"h @ U{k} + x @ W{k}{b(k)}") if order else (lambda k: f"x @ W{k}{b(k)} + h @ U{k}")
-        gates = {"rnn": "h", "gru": "zrh", "lstm": "ifco"}[form]
-        params = "\n".join(f"W{g}: {{shape: [input, units]}}\nU{g}: {{shape: [units, units]}}"
-                           + (f"\nb{g}: {{shape: [units]}}" if bias else "") for g in gates)
-        params += "\nV: {shape: [input, units]}\np: {shape: [units]}"
-        mix = " + x @ V" if twist == "mix_x" else ""
-        valid = (form == "rnn" or ra not in ("selu", "softplus")) and act != "selu" and twist != "mix_x"
-        if form == "rnn":
-            h_out = f"tanh({act}({xw('h')}))" if twist == "tanh_twice" else f"{act}({xw('h')})"
-            step = f"h = {h_out}{mix}"
-            state = "{h: [units]}"
-            valid = valid and twist != "tanh_twice"
-        elif form == "gru":
-            step = (f"z = {ra}({xw('z')})\nr = {ra}({xw('r')})\n"
-                    f"hh = {act}(x @ Wh{b('h')} + (r * h) @ Uh)\nh = z * h + (1 - z) * hh{mix}")
-            state = "{h: [units]}"
-            if twist == "tanh_twice":
-                step = step.replace(f"hh = {act}(", f"hh = tanh({act}(").replace("@ Uh)", "@ Uh))")
-                valid = False
-        else:
-            peep = " + p * c" if twist == "old_c_peephole" else ""
-            hact = "tanh(tanh(c))" if twist == "tanh_twice" else "tanh(c)"
-            step = (f"i = {ra}({xw('i')})\nf = {ra}({xw('f')})\ncn = f * c + i * {act}({xw('c')})\n"
-                    f"o = {ra}({xw('o')}{peep})\nc = cn\nh = o * {hact}{mix}")
-            state = "{h: [units], c: [units]}"
-            if twist in ("old_c_peephole", "tanh_twice"):
-                valid = False
-        text = cell_text(params, state, step)
-        cell, plan = recognized(text)
-        got = cell.recognized is not None
-        assert got == valid, (step, cell.not_recognized)
-        if got:
-            # native (on ONNX Runtime, whatever the activations): the numbers agree with the reference
-            check_parity(text, native=1, loops=0, onnx_reference=False)
-        else:
-            # selu and softplus gates are unbounded: the state can grow to hundreds over the
-            # steps, and float32's error with it (relative error ~1e-6), hence rtol
-            check_parity(text, native=0, loops=1, onnx_reference=False, rtol=2e-6)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(form=st.sampled_from(["rnn", "gru", "lstm"]), order=st.booleans(), bias=st.booleans(),
+       ra=st.sampled_from(GATE_ACTS), act=st.sampled_from(["tanh", "relu", "selu", "softsign"]),
+       twist=st.sampled_from(["none", "none", "old_c_peephole", "tanh_twice", "mix_x"]))
+def test_random_cells_lower_native_only_where_exact(form, order, bias, ra, act, twist):
+    b = (lambda k: f" + b{k}") if bias else (lambda k: "")
+    xw = (lambda k: f"h @ U{k} + x @ W{k}{b(k)}") if order else (lambda k: f"x @ W{k}{b(k)} + h @ U{k}")
+    gates = {"rnn": "h", "gru": "zrh", "lstm": "ifco"}[form]
+    params = "\n".join(f"W{g}: {{shape: [input, units]}}\nU{g}: {{shape: [units, units]}}"
+                       + (f"\nb{g}: {{shape: [units]}}" if bias else "") for g in gates)
+    params += "\nV: {shape: [input, units]}\np: {shape: [units]}"
+    mix = " + x @ V" if twist == "mix_x" else ""
+    valid = (form == "rnn" or ra not in ("selu", "softplus")) and act != "selu" and twist != "mix_x"
+    if form == "rnn":
+        h_out = f"tanh({act}({xw('h')}))" if twist == "tanh_twice" else f"{act}({xw('h')})"
+        step = f"h = {h_out}{mix}"
+        state = "{h: [units]}"
+        valid = valid and twist != "tanh_twice"
+    elif form == "gru":
+        step = (f"z = {ra}({xw('z')})\nr = {ra}({xw('r')})\n"
+                f"hh = {act}(x @ Wh{b('h')} + (r * h) @ Uh)\nh = z * h + (1 - z) * hh{mix}")
+        state = "{h: [units]}"
+        if twist == "tanh_twice":
+            step = step.replace(f"hh = {act}(", f"hh = tanh({act}(").replace("@ Uh)", "@ Uh))")
+            valid = False
+    else:
+        peep = " + p * c" if twist == "old_c_peephole" else ""
+        hact = "tanh(tanh(c))" if twist == "tanh_twice" else "tanh(c)"
+        step = (f"i = {ra}({xw('i')})\nf = {ra}({xw('f')})\ncn = f * c + i * {act}({xw('c')})\n"
+                f"o = {ra}({xw('o')}{peep})\nc = cn\nh = o * {hact}{mix}")
+        state = "{h: [units], c: [units]}"
+        if twist in ("old_c_peephole", "tanh_twice"):
+            valid = False
+    text = cell_text(params, state, step)
+    cell, plan = recognized(text)
+    got = cell.recognized is not None
+    assert got == valid, (step, cell.not_recognized)
+    if got:
+        # native (on ONNX Runtime, whatever the activations): the numbers agree with the reference
+        check_parity(text, native=1, loops=0, onnx_reference=False)
+    else:
+        # selu and softplus gates are unbounded: the state can grow to hundreds over the
+        # steps, and float32's error with it (relative error ~1e-6), hence rtol
+        check_parity(text, native=0, loops=1, onnx_reference=False, rtol=2e-6)

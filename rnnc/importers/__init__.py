@@ -11,8 +11,9 @@ Nothing here executes code from a model file: `.keras` archives are read with zi
 and h5py, and PyTorch files with `torch.load(weights_only=True)`."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .common import Imported, ImportProblem, write_imported
@@ -24,16 +25,7 @@ _LAZY = {"Imported": ".common", "ImportProblem": ".common", "write_imported": ".
          "import_keras": ".keras_file", "import_keras_weights": ".keras_file", "keras_weights_for_graph": ".keras_file"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = ["ImportProblem", "Imported", "write_imported", "import_keras", "import_keras_weights",

@@ -4,8 +4,9 @@ first use, as in rnnc/__init__.py: the CLI builds its parser from rnnc.serve.com
 must not load the IR for --help/--version."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .serving import compile_serving, serving_form, symbolic_batch
@@ -16,16 +17,7 @@ _LAZY = {"compile_serving": ".serving", "serving_form": ".serving", "symbolic_ba
          "render": ".triton"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = ["TritonModel", "check_state_names", "compile_serving", "describe", "export", "render",
