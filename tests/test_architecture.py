@@ -81,3 +81,13 @@ def test_importer_orders_layers_after_what_they_read_and_names_a_cycle():
     mc._toposort()
     (problem,) = mc.conv.problems
     assert "cycle: p -> q -> p" in problem.message or "cycle: q -> p -> q" in problem.message
+
+
+def test_readme_lists_every_layer_kind():
+    from rnnc.spec import schema as S
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Supported Keras layers"):]
+    table = table[:table.index("\n\n**")]
+    missing = [k for k in S.LAYER_KEYS if f"`{k}`" not in table and f"`{k}(" not in table]
+    assert not missing, f"README's table of supported layers lacks {missing}"
