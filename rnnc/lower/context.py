@@ -9,6 +9,7 @@ import numpy as np
 from ..emit.builder import GraphBuilder
 from ..ir.graph import Graph, Layer
 from ..ir.types import Ref
+from .int8 import Int8
 
 INT64_MIN = np.iinfo(np.int64).min
 
@@ -31,6 +32,7 @@ class LowerCtx:
     weights: dict[str, np.ndarray]
     target: str                              # "ort" or "portable"
     env: dict[Ref, str] = field(default_factory=dict)
+    int8: Int8 | None = None                 # --quantize int8: what to quantize, and what was (rnnc/lower/int8.py)
 
     def x(self, layer: Layer, i: int = 0) -> str:
         return self.env[layer.inputs[i]]

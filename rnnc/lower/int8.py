@@ -91,9 +91,9 @@ class Int8:
 DENSE_MIN_WEIGHTS = 128 * 128
 
 
-def options(ctx: object) -> Int8 | None:
-    """The compile's int8 options, or None (float32)."""
-    return getattr(ctx, "int8", None)
+def options(ctx: Any) -> Int8 | None:
+    """The compile's int8 options (LowerCtx.int8), or None (float32)."""
+    return ctx.int8
 
 
 def quantize_weight(w: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
