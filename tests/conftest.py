@@ -8,6 +8,9 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 # every compile in the suite (and in the CLI subprocesses it starts) checks the IR's
 # invariants after each pass (rnnc/ir/verify.py)
 os.environ["RNNC_VERIFY_IR"] = "1"
+# the tests of each lowering path ask for it as "native wherever exact" (the cost model's
+# choice among exact lowerings is tested on its own: tests/test_cost.py)
+os.environ.setdefault("RNNC_LOWERING_COST", "native")
 sys.path.insert(0, str(Path(__file__).parent))
 
 # The slowest tests (`python -m pytest --durations=30`): each takes seconds, mostly in

@@ -14,6 +14,8 @@ STRATEGIES = ("plain", "native", "loop", "unroll", "unused")
 REQUESTS = ("auto", "native", "loop", "unroll")
 TIME_LOOPS = ("scan", "loop")
 NATIVE_OPS = ("LSTM", "GRU", "RNN")
+CANDIDATES = ("native", "loop", "unroll")
+COST_SOURCES = ("model", "tuned")
 
 
 class PlanError(ValueError):
@@ -48,6 +50,12 @@ class Plan:
                 the native op cannot do exactly); "" when native or plain.
     recognized  a native layer of custom cells: the ONNX op each cell was proved to be, in
                 words (rnnc/passes/recognize.py); "" otherwise.
+    candidates  `lowering: auto` with more than one exact lowering: each exact candidate
+                (native, loop, unroll) with its time in ms, modeled (rnnc/passes/cost_model.py)
+                or measured (`compile --tune`); the strategy is one of them. () otherwise.
+    cost_source "model" or "tuned" (where the times come from) with candidates, else "".
+    cost_note   the shape and table the times are for ("batch 32 (symbolic 'batch':
+                representative default), time 50; CPU cost table ...").
     """
 
     strategy: str
@@ -61,6 +69,9 @@ class Plan:
     unroll_steps: int | None = None
     why: str = ""
     recognized: str = ""
+    candidates: tuple[tuple[str, float], ...] = ()
+    cost_source: str = ""
+    cost_note: str = ""
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -70,6 +81,14 @@ class Plan:
     @property
     def is_native(self) -> bool:
         return self.strategy == "native"
+
+    @property
+    def cost_text(self) -> str:
+        """The candidates in words ("model (...): native 1.20 ms, loop 0.98 ms (chosen)"), or ""."""
+        if not self.candidates:
+            return ""
+        times = ", ".join(f"{c} {t:.2f} ms" + (" (chosen)" if c == self.strategy else "") for c, t in self.candidates)
+        return f"{self.cost_source}" + (f" at {self.cost_note}" if self.cost_note else "") + f": {times}"
 
     @property
     def reason(self) -> str:
@@ -110,6 +129,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["native_ops"] = list(self.native_ops)
+        d["candidates"] = [[c, t] for c, t in self.candidates]
         return d
 
     @classmethod
@@ -128,10 +148,16 @@ class Plan:
         if not isinstance(ops, list):
             raise PlanError("native_ops is not a list")
         kw["native_ops"] = tuple(ops)
+        cands = kw.get("candidates", [])
+        if not (isinstance(cands, list) and all(isinstance(c, list) and len(c) == 2 and isinstance(c[0], str)
+                                                and isinstance(c[1], (int, float)) and not isinstance(c[1], bool)
+                                                for c in cands)):
+            raise PlanError("candidates is not a list of [strategy, ms] pairs")
+        kw["candidates"] = tuple((c, float(t)) for c, t in cands)
         for k in ("scan_free", "fused", "per_half", "masked"):
             if not isinstance(kw.get(k, False), bool):
                 raise PlanError(f"{k} is not true or false")
-        for k in ("strategy", "why", "recognized"):
+        for k in ("strategy", "why", "recognized", "cost_source", "cost_note"):
             if not isinstance(kw.get(k, ""), str):
                 raise PlanError(f"{k} is not a string")
         for k in ("requested", "time_loop"):
@@ -178,6 +204,17 @@ def _check(p: Plan) -> list[str]:
         out.append("unroll_steps outside an unroll plan")
     if p.scan_free and p.time_loop != "loop":
         out.append("scan_free without a Loop")
+    names = [c for c, _ in p.candidates]
+    if any(c not in CANDIDATES for c in names) or len(set(names)) != len(names):
+        out.append(f"candidates {names!r}: expected distinct strategies among {', '.join(CANDIDATES)}")
+    if any(not isinstance(t, (int, float)) or isinstance(t, bool) or not t >= 0 for _, t in p.candidates):
+        out.append("candidate times are non-negative numbers (ms)")
+    if p.candidates and (p.strategy not in names or p.requested != "auto"):
+        out.append("candidates belong to a lowering: auto plan that took one of them")
+    if bool(p.candidates) != bool(p.cost_source) or (p.cost_source and p.cost_source not in COST_SOURCES):
+        out.append(f"cost_source is one of {', '.join(COST_SOURCES)} with candidates, else empty")
+    if p.cost_note and not p.candidates:
+        out.append("cost_note without candidates")
     return out
 
 
