@@ -36,16 +36,16 @@ def assemble(graph: Graph, b: GraphBuilder, lowered: LoweredGraph, *, opset: int
     env, state_outputs = lowered.env, lowered.state_outputs
     nodes = list(b.nodes)
     outputs = []
+    named = _output_namer(nodes)
     for out in graph.outputs:
-        tensor = env[out.ref]
-        nodes.append(helper.make_node("Identity", [tensor], [out.name], name=f"output/{out.name}"))
+        named(env[out.ref], out.name)
         t = graph.type_of(out.ref)
         outputs.append(value_info(out.name, t.dtype, t.dims))
     inputs = [value_info(n, t.dtype, t.dims) for n, t in graph.inputs.items()]
     # stateful layers: each state is an extra input `<layer>/<port>_in` and output `<layer>/<port>_out`
     for _, name_in, name_out, dims in graph.state_io():
         inputs.append(value_info(name_in, "float32", dims))
-        nodes.append(helper.make_node("Identity", [state_outputs[name_out]], [name_out], name=f"output/{name_out}"))
+        named(state_outputs[name_out], name_out)
         outputs.append(value_info(name_out, "float32", dims))
     g = helper.make_graph(nodes, graph.name, inputs, outputs)
     # one initializer at a time: adding to a proto copies it, so the builder's copy is dropped
@@ -67,6 +67,34 @@ def assemble(graph: Graph, b: GraphBuilder, lowered: LoweredGraph, *, opset: int
         helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
     return model
 
+
+def _output_namer(nodes: list[onnx.NodeProto]):
+    """Gives a tensor a model output's name: the node computing it writes it under that name
+    (its readers renamed), or, where it cannot (a graph input or initializer, a tensor already
+    leaving under another name, one read by name inside a subgraph), an Identity `output/<name>`."""
+    from .peephole import _reads, _subgraphs
+    producer = {o: (n, i) for n in nodes for i, o in enumerate(n.output)}
+    inner: set[str] = set()
+    for n in nodes:
+        for g in _subgraphs(n):
+            inner.update(t for m in g.node for t in _reads(m))
+            inner.update(o.name for o in g.output)
+    renamed: dict[str, str] = {}    # tensor -> the output name it now has
+
+    def named(tensor: str, name: str) -> None:
+        if tensor in renamed:           # leaving twice: the second time through an Identity
+            nodes.append(helper.make_node("Identity", [renamed[tensor]], [name], name=f"output/{name}"))
+        elif tensor in producer and tensor not in inner:
+            node, i = producer.pop(tensor)
+            node.output[i] = name
+            for n in nodes:
+                for j, t in enumerate(n.input):
+                    if t == tensor:
+                        n.input[j] = name
+            renamed[tensor] = name
+        else:
+            nodes.append(helper.make_node("Identity", [tensor], [name], name=f"output/{name}"))
+    return named
 
 def metadata(graph: Graph, nodes: dict[str, list[str]]) -> dict[str, Any]:
     """The layer table stored in the model (read back by rnnc/metadata.py): each layer's

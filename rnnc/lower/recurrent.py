@@ -62,37 +62,43 @@ def _native(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | 
     return ([Y] if Y is not None else None), states, [states[j] for j in loop.output_states(cells, len(states))]
 
 
-def right_padded(ctx: LowerCtx, mask: str) -> tuple[str, str, str]:
-    """Per batch, at run time: is every row's mask right-padded and non-empty?
-    Returns (cond: bool scalar, lens [B] int32, steps [T] int64)."""
+def right_padded(ctx: LowerCtx, mask: str) -> str:
+    """Per batch, at run time: is every row's mask right-padded and non-empty? (a bool scalar)
+    With m the mask as uint8 [B, T]: d = [2, m] - [m, 0] (each row padded, [B, T + 1]) is
+    2 - m[0], then m[t-1] - m[t], then m[T-1]: all of them are 0 or 1 exactly when the first
+    step is set and the mask never rises again (uint8: a rise wraps to 255), so the test is
+    max(d) < 2. Six nodes; the lengths are computed in the branch that reads them (lengths)."""
     b = ctx.b
-    # lens[b] = sum_t mask[b, t];  cond = all(mask == (arange(T) < lens[:, None])) and all(lens > 0)
-    mask_i = b.op("Cast", [mask], to=TensorProto.INT32)                              # [B, T]
-    lens = b.op("ReduceSum", [mask_i, b.const([1])], keepdims=0, name="lens")        # [B] int32
-    T = b.op("Gather", [b.op("Shape", [mask]), b.const(1)], axis=0, name="T")
-    steps = b.op("Range", [b.const(0), T, b.const(1)], name="steps")                  # [T] int64
-    prefix = b.op("Less", [b.op("Unsqueeze", [steps, b.const([0])]),
-                           b.op("Unsqueeze", [b.op("Cast", [lens], to=TensorProto.INT64), b.const([1])])])
-    same = b.op("Cast", [b.op("Equal", [prefix, mask])], to=TensorProto.INT32)
-    nonempty = b.op("Cast", [b.op("Greater", [lens, b.const(0, dtype="int32")])], to=TensorProto.INT32)
-    cond = b.op("Cast", [b.op("Mul", [b.op("ReduceMin", [same, b.const([0, 1])], keepdims=0),
-                                      b.op("ReduceMin", [nonempty, b.const([0])], keepdims=0)])],
-                to=TensorProto.BOOL, name="right_padded")
-    return cond, lens, steps
+    u8 = b.op("Cast", [mask], to=TensorProto.UINT8)                                     # [B, T]
+    two, zero = b.const(2, dtype="uint8"), b.const(0, dtype="uint8")
+    before = b.op("Pad", [u8, b.const([0, 1, 0, 0]), two], name="mask_prev")            # [2, m]
+    after = b.op("Pad", [u8, b.const([0, 0, 0, 1]), zero], name="mask_next")            # [m, 0]
+    d = b.op("Sub", [before, after])
+    return b.op("Less", [b.op("ReduceMax", [d], keepdims=0), two], name="right_padded")
+
+
+def lengths(ctx: LowerCtx, mask: str) -> str:
+    """lens[b] = sum_t mask[b, t], [B] int32 (the native ops' sequence_lens)."""
+    b = ctx.b
+    return b.op("ReduceSum", [b.op("Cast", [mask], to=TensorProto.INT32), b.const([1])], keepdims=0, name="lens")
 
 
 def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[str] | None, mask: str,
                    need_seq: bool, plan: Plan) -> Run:
-    cond, lens, steps = right_padded(ctx, mask)
+    cond = right_padded(ctx, mask)
     backwards, zero_output = _rec(layer).go_backwards, _rec(layer).zero_output_for_mask
 
     def fast() -> list[str]:
         b = ctx.b   # the branch's builder
+        lens = lengths(ctx, mask)
         Ys, states, last = _native(ctx, layer, key, X, init=init, need_seq=need_seq, seq_lens=lens)
         Y = Ys[0] if Ys else None
+        T = b.op("Gather", [b.op("Shape", [mask]), b.const(1)], axis=0, name="T") \
+            if not backwards and (Y is not None or zero_output) else None
         if Y is not None and not backwards and not zero_output:
             # ONNX writes zeros past each length; Keras repeats the last output:
             # Y'[t, b] = Y[min(t, lens[b] - 1), b]
+            steps = b.op("Range", [b.const(0), T, b.const(1)], name="steps")              # [T] int64
             last_t = b.op("Sub", [b.op("Cast", [lens], to=TensorProto.INT64), b.const(1)])
             idx = b.op("Min", [b.op("Unsqueeze", [steps, b.const([1])]),
                                b.op("Unsqueeze", [last_t, b.const([0])])])            # [T, B]
@@ -100,7 +106,7 @@ def _native_masked(ctx: LowerCtx, layer: Layer, key: str, X: str, *, init: list[
             Y = b.op("GatherElements", [Y, idx], axis=0, name="repeat_last")
         if zero_output and not need_seq and not backwards:
             # zero_output_for_mask: Keras's last output is zero where the last step is masked
-            full = b.op("Equal", [lens, b.op("Cast", [b.op("Size", [steps])], to=TensorProto.INT32)])     # [B]
+            full = b.op("Equal", [lens, b.op("Cast", [T], to=TensorProto.INT32)])     # [B]
             zero = b.const(np.float32(0.0), dtype="float32")
             last = [b.op("Where", [b.op("Unsqueeze", [full, b.const([1])]), v, zero], name="zero_last") for v in last]
         return ([Y] if Y is not None else []) + states + last
@@ -129,7 +135,12 @@ def if_node(ctx: LowerCtx, cond: str, then: Callable[[], list[str]], other: Call
             outs = fn()
         finally:
             ctx.b = outer
-        outs = [sub.op("Identity", [o], name=f"{label}_out{i}") for i, o in enumerate(outs)]
+        # a branch output is a value the branch computes, each under its own name (an Identity
+        # only for an outer value passed through, or a value going out twice)
+        made = {o for n in sub.nodes for o in n.output}
+        seen: set[str] = set()
+        outs = [o if o in made and o not in seen and not seen.add(o) else
+                sub.op("Identity", [o], name=f"{label}_out{i}") for i, o in enumerate(outs)]
         n = len(outs)
         graphs.append(helper.make_graph(sub.nodes, f"{outer.scope}_{label}", [],
                                         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
@@ -219,12 +230,12 @@ def _bidirectional(ctx: LowerCtx, layer: Layer) -> Lowered:
         else:
             # One bidirectional op with sequence_lens for right-padded batches, else the time
             # loops. Both agree with Keras, whose halves output zeros at masked steps here.
-            cond, lens, _ = right_padded(ctx, mask)
+            cond = right_padded(ctx, mask)
             ports: list[str] = []
             fallback = replace(plan, strategy="loop", native_ops=(), fused=False, requested="auto")
 
             def fast() -> list[str]:
-                out, finals = _bidi_fused(ctx, layer, X, init, seq_lens=lens, need_finals=bool(io))
+                out, finals = _bidi_fused(ctx, layer, X, init, seq_lens=lengths(ctx, mask), need_finals=bool(io))
                 ports[:] = list(out)
                 return list(out.values()) + finals
 
