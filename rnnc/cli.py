@@ -74,8 +74,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="fp16: float16 weights and compute for ONNX Runtime's CUDA provider (inputs, outputs and "
                         "states stay float32)")
     c.add_argument("--providers", choices=("cpu", "cuda"), default=None,
-                   help="where the model is meant to run: with --precision fp16, cuda writes a model even where the "
+                   help="where the model is meant to run (default cpu; cuda with --precision fp16): lowering: auto "
+                        "picks each layer's fastest exact lowering for it (cpu: the measured cost model; cuda: the "
+                        "native op wherever exact); with --precision fp16, cuda writes a model even where the "
                         "CPU provider would refuse it (otherwise refused: exit 2)")
+    c.add_argument("--tune", action="store_true",
+                   help="measure each layer's exact candidates (native op, Scan, unrolled where time is fixed) on "
+                        "this machine at the spec's shapes (--dim for symbolic dims: default batch=32, time=50) and "
+                        "keep the fastest")
+    c.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="with --tune: the size of a symbolic dim to measure at (default batch=32, time=50, others 4)")
     c.add_argument("--calibrate", metavar="DATA.npz",
                    help="inputs (an .npz keyed by input name) to measure the reduced model's drift on (default: "
                         "random inputs drawn to the spec's shapes, with masks)")
@@ -224,6 +232,15 @@ def _compile(args: argparse.Namespace, save_atomic, compile_spec, stage) -> int:
     if args.quantize or precision or args.calibrate or args.max_diff is not None:
         compile_spec = functools.partial(compile_spec, quantize=args.quantize, precision=precision,
                                          calibrate=args.calibrate, max_diff=args.max_diff)
+    if args.dim and not args.tune:
+        raise RnncError("--dim sizes the shapes --tune measures at: add --tune")
+    provider = args.providers or ("cuda" if precision == "fp16" else "cpu")
+    if args.tune and provider == "cuda":
+        from .runtime.session import choose_providers
+
+        choose_providers("cuda")        # --tune measures here: CUDA must be present
+    compile_spec = functools.partial(compile_spec, provider=provider, tune=args.tune,
+                                     tune_dims=_dims(args.dim) if args.tune else None)
     if args.weights_ignore_extra:
         compile_spec = functools.partial(compile_spec, ignore_extra=True)
     if args.serving:
@@ -261,11 +278,24 @@ def _compile(args: argparse.Namespace, save_atomic, compile_spec, stage) -> int:
             print(f"  {layer.name}: {layer.reason}")
         for note in layer.notes:
             print(f"  {layer.name}: {note}")
+        if args.tune and layer.plan is not None and layer.plan.cost_text:
+            print(f"  {layer.name}: {layer.plan.cost_text}")
     if args.quantize or precision:
         from .runtime.precision import summary_lines
 
         print("\n".join(summary_lines(c.model)))
     return 0
+
+
+def _dims(items: list[str]) -> dict[str, int]:
+    """compile --tune's --dim NAME=SIZE values."""
+    sizes = {}
+    for d in items:
+        k, _, v = d.partition("=")
+        if not k or not (v.isascii() and v.isdigit()) or int(v) <= 0:
+            raise InputError(f"--dim {d}: expected NAME=SIZE with a positive size")
+        sizes[k] = int(v)
+    return sizes
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -297,7 +327,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .pipeline import prepare
 
     _spec_file(args.spec)
-    graph, _ = prepare(args.spec, weights=args.weights)
+    graph, _ = prepare(args.spec, weights=args.weights, counting=True)   # any size; no weights drawn
     print(summary(graph))
     return 0
 

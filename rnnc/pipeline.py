@@ -34,6 +34,8 @@ DEFAULT_OPSET = 21
 DEFAULT_IR_VERSION = 10
 TARGETS = ("ort", "portable")
 CONTROLS = ("auto", "loop", "scan")
+PROVIDERS = ("cpu", "cuda")     # where the model is meant to run: the cost model's provider
+COSTS = ("model", "native")     # lowering: auto by the cost model, or the native op wherever exact
 # check the IR's invariants after every pass (rnnc/ir/verify.py): a developer switch, on in
 # the test suite (tests/conftest.py)
 VERIFY_IR = os.environ.get("RNNC_VERIFY_IR") == "1"
@@ -66,36 +68,54 @@ def time_loop_op(control: str) -> str:
 
 
 def pipeline(*, target: str = "ort", control: str = "auto", hoist: bool = True,
-             quantize: str | None = None) -> list[Pass]:
+             quantize: str | None = None, provider: str = "cpu", cost: "str | None" = None,
+             overrides: dict | None = None) -> list[Pass]:
     """The passes, in order (each states what must run before it: rnnc/passes/manager.py):
     rewrite custom cells' steps (reassociate-sums, then sink-slices), mark what does not
     depend on the states (hoist-input-projection; left out with hoist=False, so the input
     projection stays in the time loop), prove which custom cells are an ONNX LSTM, GRU or RNN
     (recognize-builtins: it reads the final step, rewrites nothing), then choose each layer's
     lowering plan. quantize="int8": GRU/RNN (and LSTM on portable) take the time loop, whose
-    matmuls can be int8 (rnnc/lower/int8.py supports_int8)."""
+    matmuls can be int8 (rnnc/lower/int8.py supports_int8). provider / cost / overrides: how
+    `lowering: auto` picks among the exact candidates (rnnc/passes/choose_lowering.py: the
+    cost model for the provider the model targets, cost="native" for the native op wherever
+    exact, or --tune's choices)."""
     passes: list[Pass] = [ReassociateSums(), SinkSlices()]
     if hoist:
         passes.append(HoistInputProjection())
     passes.append(RecognizeBuiltins())
     sup = supports_int8(supports) if quantize == "int8" else supports
-    passes.append(ChooseLowering(supports=sup, target=target, control=time_loop_op(control)))
+    if provider not in PROVIDERS:
+        raise RnncError(f"provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+    if cost is None:    # RNNC_LOWERING_COST=native: auto is the native op wherever exact (tests of that lowering)
+        cost = os.environ.get("RNNC_LOWERING_COST") or "model"
+    if isinstance(cost, str) and cost not in COSTS:     # else a CostModel (rnnc/passes/cost_model.py)
+        raise RnncError(f"cost: expected one of {', '.join(COSTS)}, got {cost!r}")
+    passes.append(ChooseLowering(supports=sup, target=target, control=time_loop_op(control), provider=provider,
+                                 cost=cost, overrides=overrides))
     return passes
 
 
 def prepare(spec: Spec | str | Path, *, weights: str | Path | dict | None = None, target: str = "ort",
             control: str = "auto", hoist: bool = True, verify: bool = False,
-            ignore_extra: bool = False, quantize: str | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+            ignore_extra: bool = False, quantize: str | None = None, provider: str = "cpu", cost: "str | None" = None,
+            overrides: dict | None = None, counting: bool = False) -> tuple[Graph, dict[str, np.ndarray]]:
     """Load, build and choose lowerings (everything before ONNX); returns the graph and
     weights. verify: check the IR's invariants after each pass (rnnc/ir/verify.py).
-    ignore_extra: skip weights the spec has no parameter for (weights/io.py check_weights)."""
+    ignore_extra: skip weights the spec has no parameter for (weights/io.py check_weights).
+    counting (rnnc summary): no size limits, and no default weights drawn when none are given
+    (given weights are still checked); the weights returned are then {}."""
     if target not in TARGETS:
         raise RnncError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
-    passes = pipeline(target=target, control=control, hoist=hoist, quantize=quantize)
+    passes = pipeline(target=target, control=control, hoist=hoist, quantize=quantize, provider=provider, cost=cost,
+                      overrides=overrides)
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
-    graph = build_graph(spec)
-    w = resolve_weights(spec, graph, weights, ignore_extra=ignore_extra)
+    graph = build_graph(spec, size_limits=not counting)
+    if counting and weights is None and not spec.weights:
+        w: dict[str, np.ndarray] = {}
+    else:
+        w = resolve_weights(spec, graph, weights, ignore_extra=ignore_extra)
     graph = run_passes(graph, passes, verify=verify_graph if verify else None)
     return graph, w
 
@@ -129,7 +149,8 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
                  ir_version: int = DEFAULT_IR_VERSION, target: str = "ort", hoist: bool = True,
                  control: str = "auto", ignore_extra: bool = False, quantize: str | None = None,
                  precision: str | None = None, calibrate: str | Path | dict | None = None,
-                 max_diff: float | None = None) -> Compiled:
+                 max_diff: float | None = None, provider: str = "cpu", cost: "str | None" = None,
+                 overrides: dict | None = None, tune: bool = False, tune_dims: dict | None = None) -> Compiled:
     """Compile a spec to an ONNX model. `control` is the ONNX op of a time loop (auto, scan or
     loop: time_loop_op). `hoist=False` leaves the hoisting pass out, so the input projection
     stays inside the time loop (for benchmarks). `ignore_extra`: weights the spec has no
@@ -137,7 +158,22 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
     Reduced precision (rnnc/runtime/precision.py; README "Reduced precision"): quantize="int8"
     (CPU), precision="fp16" (ONNX Runtime's CUDA provider); the drift from float32 is measured
     on `calibrate` (an .npz or a dict of inputs; default: random inputs with masks) and a model
-    whose largest difference is above `max_diff` is refused."""
+    whose largest difference is above `max_diff` is refused.
+    Lowering choice (README "Lowerings"): `lowering: auto` takes the fastest exact candidate by
+    the cost model for `provider` ("cpu" or "cuda": where the model is meant to run);
+    cost="native" makes it the native op wherever exact; tune=True measures the candidates on
+    this machine at the spec's shapes (symbolic dims from `tune_dims`, else batch 32, time 50)
+    and keeps the fastest (rnnc/runtime/tune.py); `overrides` are its choices."""
+    if tune:
+        from .runtime.tune import tune as measure  # lazy: only runtime/ imports onnxruntime
+
+        if not isinstance(spec, Spec):
+            spec = load_spec(spec)
+        kw = dict(weights=weights, opset=opset, ir_version=ir_version, target=target, hoist=hoist, control=control,
+                  ignore_extra=ignore_extra, quantize=quantize, precision=precision, calibrate=calibrate,
+                  max_diff=max_diff, provider=provider, cost=cost if cost is not None and not isinstance(cost, str) else "model")
+        return measure(lambda overrides: compile_spec(spec, overrides=overrides, **kw), dims=tune_dims,
+                       provider=provider)
     reduced = None
     if quantize is not None or precision is not None or calibrate is not None or max_diff is not None:
         from .runtime import precision as reduced  # lazy: only runtime/ imports onnxruntime
@@ -159,13 +195,11 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
         raise RnncError(f"--ir-version: expected 8..{max_ir} (the newest IR version {by} supports), got {ir_version}")
     stage("reading the spec and the weights, running the passes")
     graph, w = prepare(spec, weights=weights, target=target, control=control, hoist=hoist, verify=VERIFY_IR,
-                       ignore_extra=ignore_extra, quantize=quantize)
+                       ignore_extra=ignore_extra, quantize=quantize, provider=provider, cost=cost, overrides=overrides)
     builder = GraphBuilder()
     for name in (*graph.inputs, *(o.name for o in graph.outputs), *(n for io in graph.state_io() for n in io[1:3])):
         builder.reserve(name)
-    ctx = LowerCtx(builder, graph, w, target)
-    if quantize == "int8":
-        ctx.int8 = Int8()     # type: ignore[attr-defined]  (the int8 switch: rnnc/lower/int8.py options)
+    ctx = LowerCtx(builder, graph, w, target, int8=Int8() if quantize == "int8" else None)
     stage("lowering to ONNX")
     lowered = cancel_transpose_pairs(graph, builder, lower_graph(ctx))   # rnnc/emit/peephole.py
     model = assemble(graph, builder, lowered, opset=opset, ir_version=ir_version, target=target)
@@ -175,6 +209,6 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
         return Compiled(model, graph, w)
     stage("measuring the reduced-precision model against float32")
     kw = dict(weights=weights, opset=opset, ir_version=ir_version, target=target, hoist=hoist, control=control,
-              ignore_extra=ignore_extra)
-    return reduced.finish(Compiled(model, graph, w), spec, kw, int8=getattr(ctx, "int8", None), quantize=quantize,
+              ignore_extra=ignore_extra, provider=provider, cost=cost, overrides=overrides)
+    return reduced.finish(Compiled(model, graph, w), spec, kw, int8=ctx.int8, quantize=quantize,
                           precision=precision, calibrate=calibrate, max_diff=max_diff)

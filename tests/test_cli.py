@@ -107,9 +107,9 @@ def test_bad_runtime_input_exit_2(tmp_path):
 
 def test_unknown_layer_and_missing_file(tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: ConvLSTM2D, filters: 3}\n")
+    spec.write_text("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: ConvGRU2D, filters: 3}\n")
     r = rnnc("compile", spec, "-o", tmp_path / "o.onnx")
-    assert r.returncode == 2 and "unknown layer type 'ConvLSTM2D'" in r.stderr and ":4:" in r.stderr
+    assert r.returncode == 2 and "unknown layer type 'ConvGRU2D'" in r.stderr and ":4:" in r.stderr
     r = rnnc("check", tmp_path / "nope.yaml")
     assert r.returncode == 2 and "file not found" in r.stderr
 

@@ -72,3 +72,13 @@ def test_a_long_compile_reports_its_stages_a_short_one_is_quiet(tmp_path, capsys
     assert [e.rsplit(" (", 1)[0] for e in err] == [
         "compiling: reading the spec and the weights, running the passes", "compiling: lowering to ONNX",
         "compiling: checking the model (onnx.checker)", f"compiling: writing {tmp_path / 'b.onnx'}"]
+
+
+def test_summary_counts_a_model_of_any_size_without_drawing_weights(tmp_path, capsys):
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("rnnc: 1\ninputs: {t: {shape: [batch, time], dtype: int32}}\nlayers:\n"
+                    "  - {type: Embedding, input_dim: 3000000, output_dim: 1024}\n  - {type: LSTM, units: 4096}\n")
+    assert main(["summary", str(spec)]) == 0            # 3.2e9 params: counted, nothing allocated
+    assert "Total params: 3,155,902,464" in capsys.readouterr().out
+    assert main(["check", str(spec)]) == 2              # compiling it would hold them: refused, and says why
+    assert "expected at most" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Benchmarks, printed as ratios against a baseline measured in the same run (never timed
 tests: machines here are shared and noisy).
 
-    python tools/bench.py [stateful] [loop] [masked] [crnn] [mha] [--repeat N] [--threads N]
+    python tools/bench.py [stateful] [loop] [masked] [crnn] [mha] [convlstm] [--repeat N] [--threads N]
 
 stateful: the per-chunk cost of rnnc.Session carrying the states of LSTM(64) at chunk 100,
           batch 20, against a plain onnxruntime.InferenceSession.run fed the states by hand.
@@ -9,7 +9,13 @@ loop:     native LSTM op vs RNN(LSTMCell) through a time loop (ONNX Loop with an
           hoisted input projection, and the default ONNX Scan) and the same LSTM as a custom cell
           (Loop and Scan) at two shapes (batch, time, input, units).
 masked:   Masking + LSTM: the native op with sequence_lens (right-padded batch), the exact time
-          loop (holes), and lowering: loop, against the unmasked native op."""
+          loop (holes), and lowering: loop, against the unmasked native op.
+cost:     lowering by cost: the guide's GRU+SimpleRNN as the cost model, --tune, all native and
+          all Scans chose; native LSTM vs custom cells recognized, forced to the Scan, near miss.
+lean:     the custom LSTM cell forced onto the Scan (its lean body) against the native op at
+          both shapes; with `masked`, the right-padded path's six-node check.
+convlstm: ConvLSTM2D at batch 8, time 10, 32x32x8: the Scan with the input convolution hoisted
+          out against the same body without hoisting (hoist=False)."""
 from __future__ import annotations
 
 import argparse
@@ -94,12 +100,19 @@ def bench_stateful(repeat: int, threads: int) -> None:
 CELL_SPEC = Path(__file__).resolve().parents[1] / "specs" / "lstm_custom_cell.yaml"
 
 
-def custom_lstm(inp: int, units: int) -> str:
-    """The spec of specs/lstm_custom_cell.yaml's cell (an LSTM as equations) over `inp` features."""
-    cells = yaml.safe_load(CELL_SPEC.read_text())["cells"]
+def custom_lstm(inp: int, units: int, lowering: str = "loop") -> str:
+    """The spec of specs/lstm_custom_cell.yaml's cell (an LSTM as equations) over `inp` features,
+    forced to the time loop by default (the cell is recognized as the native LSTM op otherwise)."""
+    return cell_layer(CELL_SPEC, inp, units, lowering)
+
+
+def cell_layer(path: Path, inp: int, units: int, lowering: str = "auto") -> str:
+    """One RNN layer (return_sequences) of the custom cell in spec `path` over `inp` features."""
+    cells = yaml.safe_load(path.read_text())["cells"]
+    (name,) = cells
     return yaml.safe_dump({"rnnc": 1, "inputs": {"x": {"shape": ["batch", "time", inp]}}, "cells": cells,
-                           "layers": [{"type": "RNN", "name": "l", "return_sequences": True,
-                                       "cell": {"type": "StepLSTM", "units": units}}]}, sort_keys=False)
+                           "layers": [{"type": "RNN", "name": "l", "return_sequences": True, "lowering": lowering,
+                                       "cell": {"type": name, "units": units}}]}, sort_keys=False)
 
 
 def bench_loop(repeat: int, threads: int) -> None:
@@ -164,6 +177,25 @@ def bench_masked(repeat: int, threads: int) -> None:
     print(f"Masking + LSTM batch {batch}, time {steps}, input {inp}, units {units} (CPU, {threads} threads)")
     for k, t in times.items():
         print(f"  {k:48s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}")
+
+
+def bench_lean(repeat: int, threads: int) -> None:
+    """The lean Scan body (README "Custom cells", Performance): specs/lstm_custom_cell.yaml's
+    cell forced onto the Scan against the native LSTM op at both shapes, and the masked
+    right-padded path (its six-node check) against the unmasked op."""
+    for batch, steps, inp, units in [(64, 28, 28, 64), (64, 100, 256, 512)]:
+        head = f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\n"
+        lstm = head + f"layers:\n  - {{type: LSTM, name: l, units: {units}, return_sequences: true, lowering: native}}\n"
+        base = rnnc.compile_spec(load_spec_text(lstm))
+        w_custom = {k: permute_gates(v, "keras_lstm", "rnnc_lstm") for k, v in base.weights.items()}
+        cell = rnnc.compile_spec(load_spec_text(custom_lstm(inp, units)), weights=w_custom)
+        x = np.random.default_rng(0).normal(size=(batch, steps, inp)).astype(np.float32)
+        times = rounds({"native LSTM op": base.model.SerializeToString(),
+                        "custom cell (Scan)": cell.model.SerializeToString()}, {"x": x}, repeat, threads)
+        t0 = times["native LSTM op"]
+        print(f"lean body: LSTM batch {batch}, time {steps}, input {inp}, units {units} (CPU, {threads} threads)")
+        for k, t in times.items():
+            print(f"  {k:30s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}")
 
 
 CRNN_SPEC = Path(__file__).resolve().parents[1] / "specs" / "crnn_ocr.yaml"
@@ -312,6 +344,96 @@ def bench_precision(repeat: int, threads: int) -> None:
             print(f"  drift {out}: max {d['max_abs']:.3g}, mean {d['mean_abs']:.3g}{agree}")
 
 
+CONVLSTM_SPEC = """
+rnnc: 1
+name: convlstm_bench
+inputs:
+  x: {shape: [batch, time, 32, 32, 8]}
+layers:
+  - {type: ConvLSTM2D, name: clstm, filters: 16, kernel_size: 3, padding: same, return_sequences: true}
+"""
+
+
+def bench_convlstm(repeat: int, threads: int) -> None:
+    """ConvLSTM2D(16, 3x3, same) at batch 8, time 10, 32x32x8: the Scan with the input
+    convolution hoisted out (one Conv for all steps, the default) against the same body
+    with the input convolution inside it (compile_spec(..., hoist=False))."""
+    spec = load_spec_text(CONVLSTM_SPEC)
+    hoisted = rnnc.compile_spec(spec)
+    inner = rnnc.compile_spec(spec, weights=hoisted.weights, hoist=False)
+    x = np.random.default_rng(0).normal(size=(8, 10, 32, 32, 8)).astype(np.float32)
+    variants = {"input conv hoisted": hoisted.model.SerializeToString(),
+                "input conv in the body": inner.model.SerializeToString()}
+    outs = [ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for m in variants.values()]
+    assert np.max(np.abs(outs[0] - outs[1])) < 1e-4          # the same computation
+    times = rounds(variants, {"x": x}, repeat, threads)
+    t0 = times["input conv in the body"]
+    print(f"ConvLSTM2D(16, 3x3, same), batch 8, time 10, 32x32x8 (Scan; CPU, {threads} threads)")
+    for k, t in times.items():
+        print(f"  {k:24s}: {t * 1e3:8.3f} ms   ratio {t / t0:.3f}")
+
+
+def bench_cost(repeat: int, threads: int) -> None:
+    """Lowering by cost (README "Lowerings"). The guide's Emb+GRU(256)+SimpleRNN(128) at batch 64,
+    time 50: the default (the cost model), compile --tune, all native ops and all Scans, against
+    all native. Then the native LSTM op against the same LSTM as a custom cell (recognized: the
+    native op), forced to the Scan (lowering: loop), the near-miss cell (specs/near_miss_cell.yaml:
+    the Scan), and a peephole LSTM recognized against forced to the Scan, at two shapes."""
+    from rnnc.runtime.tune import random_feeds
+
+    guide = (CELL_SPEC.parent / "gru_simplernn.yaml").read_text()
+    scans = guide.replace("return_sequences: true}", "return_sequences: true, lowering: loop}").replace(
+        "units: 128}", "units: 128, lowering: loop}")
+    base = rnnc.compile_spec(load_spec_text(guide), cost="native")
+    dims = {"batch": 64, "time": 50}
+    variants = {"all native ops": base,
+                "default (cost model)": rnnc.compile_spec(load_spec_text(guide), weights=base.weights),
+                "--tune": rnnc.compile_spec(load_spec_text(guide), weights=base.weights, tune=True, tune_dims=dims),
+                "all Scans": rnnc.compile_spec(load_spec_text(scans), weights=base.weights)}
+    feeds = random_feeds(base.graph, dims)
+    ref = ort.InferenceSession(base.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    for k, c in variants.items():   # the same computation
+        got = ort.InferenceSession(c.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        assert np.max(np.abs(got - ref)) < 1e-4, k
+    times = rounds({k: c.model.SerializeToString() for k, c in variants.items()}, feeds, repeat, threads)
+    t0 = times["all native ops"]
+    print(f"Embedding + GRU(256) + SimpleRNN(128) + Dense, batch 64, time 50 (CPU, {threads} threads)")
+    for k, t in times.items():
+        plans = ", ".join(f"{l.name} {l.lowering}" for l in variants[k].graph.layers.values() if l.is_recurrent)
+        print(f"  {k:22s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}   ({plans})")
+    near, peep = CELL_SPEC.parent / "near_miss_cell.yaml", CELL_SPEC.parent / "peephole_lstm.yaml"
+    for batch, steps, inp, units in [(64, 28, 28, 64), (64, 100, 256, 512)]:
+        lstm = (f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\nlayers:\n"
+                f"  - {{type: LSTM, name: l, units: {units}, return_sequences: true, lowering: native}}\n")
+        native = rnnc.compile_spec(load_spec_text(lstm))
+        w_cell = {k: permute_gates(v, "keras_lstm", "rnnc_lstm") for k, v in native.weights.items()}
+        peep_native = rnnc.compile_spec(load_spec_text(cell_layer(peep, inp, units, "auto")), cost="native")
+        variants = {
+            "native LSTM op": native,
+            "custom cell, recognized": rnnc.compile_spec(load_spec_text(custom_lstm(inp, units, "auto")),
+                                                         weights=w_cell, cost="native"),
+            "custom cell, lowering: loop": rnnc.compile_spec(load_spec_text(custom_lstm(inp, units)), weights=w_cell),
+            "near-miss cell (Scan)": rnnc.compile_spec(load_spec_text(cell_layer(near, inp, units))),
+            "peephole LSTM, recognized": peep_native,
+            "peephole LSTM, lowering: loop": rnnc.compile_spec(load_spec_text(cell_layer(peep, inp, units, "loop")),
+                                                               weights=peep_native.weights),
+        }
+        assert variants["custom cell, recognized"].graph.layers["l"].lowering == "native"
+        assert peep_native.graph.layers["l"].lowering == "native"
+        x = np.random.default_rng(0).normal(size=(batch, steps, inp)).astype(np.float32)
+        outs = {k: ort.InferenceSession(c.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0] for k, c in variants.items()}
+        for a, b in (("native LSTM op", "custom cell, recognized"), ("native LSTM op", "custom cell, lowering: loop"),
+                     ("peephole LSTM, recognized", "peephole LSTM, lowering: loop")):
+            assert np.max(np.abs(outs[a] - outs[b])) < 1e-4, (a, b)
+        times = rounds({k: c.model.SerializeToString() for k, c in variants.items()}, {"x": x}, repeat, threads)
+        t0 = times["native LSTM op"]
+        print(f"LSTM forms, batch {batch}, time {steps}, input {inp}, units {units} (CPU, {threads} threads)")
+        for k, t in times.items():
+            print(f"  {k:30s}: {t * 1e3:8.3f} ms   ratio {t / t0:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("which", nargs="*", default=["stateful", "loop", "masked", "crnn", "mha"])
@@ -321,7 +443,8 @@ def main() -> None:
     for w in a.which:
         {"stateful": bench_stateful, "loop": bench_loop, "masked": bench_masked,
          "crnn": bench_crnn, "mha": bench_mha,
-         "precision": bench_precision}[w](a.repeat, a.threads)
+         "precision": bench_precision, "cost": bench_cost,
+         "convlstm": bench_convlstm, "lean": bench_lean}[w](a.repeat, a.threads)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ out of the time loop and computed for all steps at once) and the recurrent `step
 
 Op interface (`ops`): matmul(a, b), matmul_add(a, b, c) = a @ b + c (a, b 2-D), affine(x, w, b)
 = x @ w + b over any leading axes (b may be None), add(a, b), sub(a, b), mul(a, b), act(name, x),
-split(x, n) -> list (last axis), one_minus(x), param(name), has(name)."""
+split(x, n) -> list (last axis), one_minus(x), param(name), has(name); for the convolutional
+cells, conv(x, w, b, strides, dilation, pads, from_input) (a convolution over the spatial axes,
+b may be None; from_input: x is a step input in Keras's channels_last layout, else a state in
+the ops' own layout) and split_channels(x, n) (along the channel axis of the ops' layout: the
+last one for NumPy, the first after the batch in a time-loop body, as ONNX Conv reads)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,6 +32,9 @@ class CellDef:
     prepare: Callable[[dict[str, np.ndarray], int, dict], dict[str, np.ndarray]]
     project: Callable[[Any, Any, int, dict], Any]
     step: Callable[[Any, Any, tuple, int, dict], tuple[Any, tuple]]
+    # the time-loop body keeps the states and outputs channels-first (ONNX Conv's layout,
+    # (channels, spatial...) per example); the loop transposes them at its edges only
+    channels_first: bool = False
 
 
 def _bias_shape(cfg: dict, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -123,10 +130,54 @@ def _gru_step(ops, xp, states, units, cfg):
     return h, (h,)
 
 
+# ---- ConvLSTM (Keras 3's ConvLSTMCell, layers/rnn/conv_lstm.py; gates i f c o, kept as i f o c):
+#   z = conv(x, W; strides, dilation, padding) + b + conv(h, U; stride 1, "same")
+#   i, f, o = ra(z[i f o]);  g = act(z[c]);  c' = f * c + i * g;  h' = o * act(c')
+# Per example: x (*spatial, in), h and c (*out_spatial, filters). cfg (rnnc/ir/build.py) adds
+# input_pads and recurrent_pads, ((before, after), ...) per spatial axis.
+def _convlstm_shapes(units: int, inp: int, cfg: dict) -> dict[str, tuple[int, ...]]:
+    k = tuple(cfg["kernel_size"])
+    return {"kernel": (*k, inp, 4 * units), "recurrent_kernel": (*k, units, 4 * units),
+            **_bias_shape(cfg, (4 * units,))}
+
+
+def _conv_kernel(w: np.ndarray) -> np.ndarray:
+    """Keras (*k, in, 4u) in i f c o -> (4u, in, *k) in i f o c (ONNX Conv's layout)."""
+    w = permute_gates(w, "keras_lstm", "rnnc_lstm")
+    n = w.ndim - 2
+    return np.ascontiguousarray(np.transpose(w, (n + 1, n, *range(n))))
+
+
+def _convlstm_prepare(p: dict, units: int, cfg: dict) -> dict:
+    out = {"W": _conv_kernel(p["kernel"]), "U": _conv_kernel(p["recurrent_kernel"])}
+    if "bias" in p:
+        out["b"] = permute_gates(p["bias"], "keras_lstm", "rnnc_lstm")
+    return out
+
+
+def _convlstm_project(ops, x, units, cfg):
+    return ops.conv(x, ops.param("W"), ops.param("b") if ops.has("b") else None, tuple(cfg["strides"]),
+                    tuple(cfg["dilation_rate"]), cfg["input_pads"], True)
+
+
+def _convlstm_step(ops, xp, states, units, cfg):
+    h, c = states
+    ones = (1,) * len(cfg["kernel_size"])
+    z = ops.add(xp, ops.conv(h, ops.param("U"), None, ones, ones, cfg["recurrent_pads"], False))
+    ifo, g = ops.split_channels(z, [3 * units, units])
+    act = cfg["activation"]
+    i, f, o = ops.split_channels(ops.act(cfg["recurrent_activation"], ifo), 3)   # element-wise (build.py)
+    c = ops.add(ops.mul(f, c), ops.mul(i, ops.act(act, g)))
+    h = ops.mul(o, ops.act(act, c))
+    return h, (h, c)
+
+
 CELLS: dict[str, CellDef] = {
     "SimpleRNN": CellDef("SimpleRNN", "h", ("h",), _rnn_shapes, _rnn_prepare, _rnn_project, _rnn_step),
     "LSTM": CellDef("LSTM", "ifco", ("h", "c"), _lstm_shapes, _lstm_prepare, _rnn_project, _lstm_step),
     "GRU": CellDef("GRU", "zrh", ("h",), _gru_shapes, _gru_prepare, _rnn_project, _gru_step),
+    "ConvLSTM": CellDef("ConvLSTM", "ifco", ("h", "c"), _convlstm_shapes, _convlstm_prepare, _convlstm_project,
+                        _convlstm_step, channels_first=True),
 }
 CELL_TYPES = {"SimpleRNNCell": "SimpleRNN", "GRUCell": "GRU", "LSTMCell": "LSTM"}
 
@@ -181,3 +232,14 @@ class NumpyOps:
         if isinstance(n, int):
             return np.split(x, n, axis=-1)
         return np.split(x, np.cumsum(n)[:-1], axis=-1)
+
+    split_channels = split      # channels_last: the channels are the last axis
+
+    @staticmethod
+    def conv(x, w, b, strides, dilation, pads, from_input):
+        """x (B, *n, in) channels_last, w (out, in, *k): Keras's convolution, its own arithmetic
+        (rnnc/layers/conv.py), with zero padding `pads`."""
+        from ..layers.conv import conv
+        k = np.transpose(w, (*range(2, w.ndim), 1, 0))          # (*k, in, out)
+        y = conv(x, k, strides, dilation, [tuple(p) for p in pads], 1)
+        return y if b is None else y + b

@@ -15,18 +15,19 @@ from ..errors import Problem
 from ..ir.semantics import state_ports as ir_state_ports
 from ..layers import LAYER_DEFS
 from ..layers.attention import ATTENTION_KINDS
+from ..layers.conv import keras_channels_last
 from ..spec import schema as S
 
 BUILT_IN = ("Embedding", "Masking", "LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "Dense",
             "BatchNormalization", "Dropout", "Activation", "Concatenate", "Add", "Subtract", "Multiply", "Average",
-            "Maximum", "Minimum", "Dot")
+            "Maximum", "Minimum", "Dot", *S.CONV_LSTM_LAYERS)
 
 
 def supported() -> tuple[str, ...]:
     """The Keras layer classes rnnc imports: the built-in ones and every kind defined in
     rnnc/layers/ (a LayerDef's keys are Keras's)."""
     return (*BUILT_IN, *LAYER_DEFS)
-RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN")
+RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", *S.CONV_LSTM_LAYERS)
 CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
 IGNORED = {"name", "trainable", "seed", "build_config", "use_cudnn", "implementation", "lora_alpha",
            "momentum", "synchronized", "renorm_clipping", "renorm_momentum", "noise_shape"}
@@ -68,8 +69,9 @@ class LayerConverter:
         if cls not in supported() or not str(entry.get("module", "keras")).startswith("keras"):
             self.err(loc, f"layer type {cls} is not supported by rnnc: expected one of {', '.join(supported())}")
             return None
-        if inner and cls not in RECURRENT:
-            self.err(loc, f"expected a recurrent layer ({', '.join(RECURRENT)}) inside Bidirectional, got {cls}")
+        if inner and cls not in S.RECURRENT_LAYERS:     # not ConvLSTM (rnnc's Bidirectional is over time only)
+            self.err(loc, f"expected a recurrent layer ({', '.join(S.RECURRENT_LAYERS)}) inside Bidirectional, "
+                          f"got {cls}")
             return None
         if not isinstance(name, str) or not name or "/" in name or "." in name:
             self.err(loc, f"layer name {name!r}: rnnc needs a non-empty name without '/' or '.'")
@@ -77,8 +79,13 @@ class LayerConverter:
         out: dict[str, Any] = {"type": cls} if inner else {"type": cls, "name": name}
         keys = dict(S.LAYER_KEYS[cls])
         handled: set[str] = set()
+        if cls in S.CONV_LSTM_LAYERS:
+            for why in keras_channels_last(cfg):
+                self.err(loc, why)
+            if any(p.path == loc for p in self.problems):
+                return None
         if cls in RECURRENT:
-            if cls != "RNN":
+            if cls in S.CELL_OF_LAYER:
                 keys.update(S.CELL_KEYS[S.CELL_OF_LAYER[cls]])
             if inner:
                 # Keras's Bidirectional forces zero_output_for_mask = return_sequences on both
@@ -238,6 +245,8 @@ def _cell_list(entry: dict) -> list[dict]:
 
 def state_ports(entry: dict) -> list[str]:
     """rnnc's state ports of a recurrent spec layer, as the IR names them."""
+    if entry["type"] in S.CONV_LSTM_LAYERS:
+        return ir_state_ports([CELL_DEFS["ConvLSTM"].state_names])
     return ir_state_ports([CELL_DEFS[CELL_TYPES[c["type"]]].state_names for c in _cell_list(entry)])
 
 

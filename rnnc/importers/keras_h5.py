@@ -13,6 +13,7 @@ found here by that `name` attribute, so the h5 path's numbering never matters. I
 | Dense | `vars/0` kernel, `vars/1` bias (use_bias) |
 | BatchNormalization | `vars`: gamma (scale), beta (center), moving_mean, moving_variance |
 | LSTM / GRU / SimpleRNN, RNN(cell) | `cell/vars/0..2`: kernel, recurrent_kernel, bias (use_bias) |
+| ConvLSTM1D / 2D / 3D | `cell/vars/0..2` (the cell `conv_lstm_cell`): kernel [k..., in, 4f], recurrent_kernel [k..., f, 4f], bias [4f] |
 | RNN([cells]) (stacked) | `cell/cells/<lstm_cell, gru_cell, lstm_cell_1, ...>/vars/0..2`, in cell order |
 | Bidirectional | `forward_layer/...` and `backward_layer/...`, each as its recurrent layer |
 | TimeDistributed | `layer/...`, as its wrapped layer (whose parameters are the wrapper's) |

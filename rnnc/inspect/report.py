@@ -13,8 +13,9 @@ Fields (format "rnnc.inspect/1"):
   layers [{name, kind, lowering, plan, lowered_as, reason, notes, params, inputs, outputs,
            ops, node_count {main, all}, nodes, placement}],
   where plan is the layer's lowering plan as data (rnnc/ir/plan.py: strategy, requested,
-  time_loop, scan_free, native_ops, fused, per_half, masked, unroll_steps, why), or null for
-  a model written before plans were stored,
+  time_loop, scan_free, native_ops, fused, per_half, masked, unroll_steps, why, recognized,
+  candidates [[strategy, ms], ...], cost_source, cost_note), or null for a model written
+  before plans were stored,
   nodes: main-graph nodes of no layer (every node for a model rnnc did not write),
   placement [{node, op, layer, in, device, why}], strict_gpu {passes, cpu_nodes, ...},
   and for a model compiled with --quantize / --precision only: precision {mode (int8 | fp16),

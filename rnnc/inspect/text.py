@@ -148,7 +148,8 @@ def _layers(r: dict[str, Any]) -> list[str]:
         rows.append([f"{l['name']} ({l['kind']})", l["lowered_as"], shapes, f"{l['params']:,}", nodes,
                      ops_summary(l["ops"])])
         details.append([f"why: {l['reason']}"] * bool(l["reason"]) + [f"note: {x}" for x in l["notes"]]
-                       + [f"{label}: {l['precision']}"] * bool(l.get("precision")))
+                       + [f"{label}: {l.get('precision')}"] * bool(l.get("precision"))
+                       + [f"cost: {c}" for c in [cost_text(l.get("plan"))] if c])
     heading = ["Layer (type)", "Lowered as", "Output shape", "Params", "Nodes", "ONNX ops"]
     if _natural(heading, rows) > WIDTH:   # too wide: each layer's ops go on a line of their own
         heading.pop()
@@ -164,6 +165,16 @@ def _layers(r: dict[str, Any]) -> list[str]:
     if r["nodes"]:
         out.append(f"model outputs: {', '.join(n['name'] for n in r['nodes'])} (Identity renames)")
     return out
+
+
+def cost_text(plan: dict[str, Any] | None) -> str:
+    """A plan's candidates and their modeled or measured times (rnnc/ir/plan.py), or ""."""
+    if not (plan or {}).get("candidates"):
+        return ""
+    times = ", ".join(f"{c} {t:.2f} ms" + (" (chosen)" if c == plan.get("strategy") else "")
+                      for c, t in plan["candidates"])
+    note = f" at {plan['cost_note']}" if plan.get("cost_note") else ""
+    return f"{plan.get('cost_source')}{note}: {times}"
 
 
 def _generic(r: dict[str, Any]) -> list[str]:

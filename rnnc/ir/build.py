@@ -7,12 +7,14 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..cells.activations import ACROSS_AXIS
 from ..cells.builtin import CELL_TYPES, CELLS
 from ..cells.custom import CellDefError, bind
 from ..errors import Problem, SpecError
 from ..layers.base import LAYER_DEFS, InferCtx, LayerDef, Refused
+from ..layers.conv import out_len, pads_of
 from ..spec.model import CellDecl, LayerDecl, Spec
-from ..spec.schema import CELL_KEYS, CELL_OF_LAYER
+from ..spec.schema import CELL_KEYS, CELL_OF_LAYER, CONV_LSTM_LAYERS, conv_lstm_keys
 from ..spec.yamlsrc import format_path
 from .graph import Cell, Graph, Layer, Output, Recurrence
 from .semantics import (
@@ -38,7 +40,8 @@ class _Fail(Exception):
 
 
 class _Builder:
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, *, size_limits: bool = True):
+        self.size_limits = size_limits
         self.spec = spec
         self.problems: list[Problem] = []
         self.inputs = {n: TensorType(d.dtype, d.dims) for n, d in spec.inputs.items()}
@@ -116,7 +119,8 @@ class _Builder:
                     ins = prev
                 self.current = decl.name        # the spec layer being built (a Bidirectional's halves are in it)
                 layer = self.layer(decl, ins)
-                self.check_sizes(decl, layer)
+                if self.size_limits:
+                    self.check_sizes(decl, layer)
                 self.layers[layer.name] = layer
                 prev = [Ref(layer.name, p) for p in layer.main_ports]
             except _Fail:
@@ -249,6 +253,9 @@ class _Builder:
             base_in = dict(name="layer", kind=inner.type, config=inner.config, inputs=(step_ref,), path=inner.path,
                            line=self.spec.source.line(inner.path))
             try:
+                if inner.type in CONV_LSTM_LAYERS:
+                    raise self.fail(inner.path + ("type",), f"{decl.type} around a recurrent layer ({inner.type}) is "
+                                    "not supported: the recurrent layer already runs over time")
                 if inner.type in LAYER_DEFS:
                     return self.defined(LAYER_DEFS[inner.type], inner, base_in, [step_ref], step, masks=[None])
                 return self.layer(inner, [step_ref], types=step)
@@ -332,7 +339,7 @@ class _Builder:
             raise self.fail(decl.path + ("input",), f"{what} needs a fixed feature size (last dim), got {feat!r} in {x}")
         return feat
 
-    MASK_KEY_LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "BatchNormalization")
+    MASK_KEY_LAYERS = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "BatchNormalization", *CONV_LSTM_LAYERS)
 
     def explicit_mask(self, decl: LayerDecl, ins: list[Ref], types: list[TensorType]) -> Ref:
         """`mask: <reference>` (Keras's `layer(x, mask=m)`): the mask the layer gets instead of
@@ -464,6 +471,8 @@ class _Builder:
     # -- recurrent layers ---------------------------------------------------------
     def cells_of(self, decl: LayerDecl, shapes: list[tuple]) -> tuple[Cell, ...]:
         """The layer's cells, each bound to the per-step shapes it receives."""
+        if decl.type in CONV_LSTM_LAYERS:
+            return (self.conv_lstm_cell(decl, shapes),)
         if decl.type in CELL_OF_LAYER:
             decls = [CellDecl(CELL_OF_LAYER[decl.type], {k: decl.config[k] for k in decl.config
                                                          if k in _cell_keys(CELL_OF_LAYER[decl.type])}, decl.path)]
@@ -496,6 +505,45 @@ class _Builder:
             cells.append(cell)
             shapes = list(cell.output_shapes)
         return tuple(cells)
+
+    def conv_lstm_cell(self, decl: LayerDecl, shapes: list[tuple]) -> Cell:
+        """ConvLSTM1D/2D/3D's cell (Keras 3's ConvLSTMCell): per step a (spatial..., channels)
+        input, all fixed (Keras requires static spatial sizes); states (out_spatial..., filters)
+        by the input convolution's arithmetic (the recurrent one keeps them: stride 1, same)."""
+        cfg, rank = decl.config, CONV_LSTM_LAYERS[decl.type]
+        names = ("steps",) if rank == 1 else ("rows", "cols") if rank == 2 else ("dim1", "dim2", "dim3")
+        if len(shapes) != 1 or len(shapes[0]) != rank + 1:
+            got = ", ".join(str(["batch", "time", *s]) for s in shapes)
+            raise self.fail(decl.path + ("input",), f"{decl.type} expects a (batch, time, {', '.join(names)}, "
+                            f"channels) input, got {got}")
+        if not all(isinstance(d, int) for d in shapes[0]):
+            raise self.fail(decl.path + ("input",), f"{decl.type} needs fixed spatial sizes and channel count "
+                            f"(Keras's ConvLSTM layers only support static spatial shapes), got per-step shape "
+                            f"{list(shapes[0])}")
+        *spatial, cin = shapes[0]
+        k, s, d, padding = cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"], cfg["padding"]
+        if max(s) > 1 and max(d) > 1:
+            raise self.fail(decl.path + ("dilation_rate",), f"strides > 1 cannot be combined with dilation_rate > 1 "
+                            f"(as in Keras): got strides={list(s)}, dilation_rate={list(d)}")
+        for key in ("activation", "recurrent_activation"):
+            if cfg[key] in ACROSS_AXIS:
+                raise self.fail(decl.path + (key,), f"{key} {cfg[key]!r} is not supported in {decl.type}: rnnc's "
+                                "ConvLSTM applies element-wise activations (its time loop keeps the gates "
+                                "channels-first)")
+        out = []
+        for i, (n, kk, ss, dd) in enumerate(zip(spatial, k, s, d)):
+            span = (kk - 1) * dd + 1
+            if padding == "valid" and n < span:
+                raise self.fail(decl.path + ("input",), f"{decl.type} with padding 'valid' needs at least {span} "
+                                f"{names[i]} (the kernel spans {span}), got {n}")
+            out.append(out_len(n, kk, ss, dd, padding))
+        f = cfg["filters"]
+        ccfg = {key: cfg[key] for key in conv_lstm_keys(rank)}
+        ccfg["input_pads"] = tuple(pads_of(n, kk, ss, dd, padding) for n, kk, ss, dd in zip(spatial, k, s, d))
+        ccfg["recurrent_pads"] = tuple(pads_of(n, kk, 1, 1, "same") for n, kk in zip(out, k))
+        state = (*out, f)
+        return Cell("ConvLSTM", f, ccfg, cin, (("h", state), ("c", state)), f,
+                    CELLS["ConvLSTM"].param_shapes(f, cin, ccfg))
 
     def custom_cell(self, decl: LayerDecl, cd: CellDecl, shapes: list[tuple], prefix: str) -> Cell:
         try:
@@ -700,6 +748,8 @@ def _state_ports(cells: tuple[Cell, ...]) -> list[str]:
     return state_ports([[n for n, _ in c.states] for c in cells])
 
 
-def build_graph(spec: Spec) -> Graph:
-    """Spec → typed IR graph. Raises SpecError listing every problem."""
-    return _Builder(spec).build()
+def build_graph(spec: Spec, *, size_limits: bool = True) -> Graph:
+    """Spec → typed IR graph. Raises SpecError listing every problem. size_limits=False skips
+    the bounds on parameter and value sizes (they bound what compiling holds in memory; `rnnc
+    summary` only counts)."""
+    return _Builder(spec, size_limits=size_limits).build()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class Cell:
     """One recurrent cell: a built-in (SimpleRNN, GRU, LSTM) or a custom cell."""
 
-    kind: str                               # "SimpleRNN" | "GRU" | "LSTM" | custom name
+    kind: str                               # "SimpleRNN" | "GRU" | "LSTM" | "ConvLSTM" | custom name
     units: int
     config: dict[str, Any]                  # cell keys (activation, use_bias, ...)
     input_size: int
@@ -61,7 +61,8 @@ class Cell:
 
     @property
     def output_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(s for _, s in self.outputs) if self.custom else ((self.units,),)
+        # a built-in cell's output is its first state, h: (units,), or (*spatial, filters) for ConvLSTM
+        return tuple(s for _, s in self.outputs) if self.custom else (self.states[0][1],)
 
 
 @dataclass(frozen=True)

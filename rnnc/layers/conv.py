@@ -23,7 +23,7 @@ from ..spec import schema as S
 from ..spec.schema import Key
 from .base import InferCtx, Inferred, LayerDef, RefCall, define
 
-AXES = {1: ("steps",), 2: ("rows", "cols")}
+AXES = {1: ("steps",), 2: ("rows", "cols"), 3: ("dim1", "dim2", "dim3")}
 CHANNELS_LAST = Key(S.enum("channels_last"), "channels_last")
 
 
@@ -207,6 +207,9 @@ CONV1D = define(LayerDef("Conv1D", keys=_conv_keys(1, ("valid", "same", "causal"
                          keras_check=keras_channels_last))
 CONV2D = define(LayerDef("Conv2D", keys=_conv_keys(2, ("valid", "same"), groups=True),
                          infer=_conv_infer(2), reference=_conv_ref, default_name="conv2d", masking="drop",
+                         keras_check=keras_channels_last))
+CONV3D = define(LayerDef("Conv3D", keys=_conv_keys(3, ("valid", "same"), groups=True),
+                         infer=_conv_infer(3), reference=_conv_ref, default_name="conv3d", masking="drop",
                          keras_check=keras_channels_last))
 SEPARABLE1D = define(LayerDef("SeparableConv1D", keys=_conv_keys(1, ("valid", "same"), depth=True),
                               infer=_depthwise_infer(True), reference=_depthwise_ref,

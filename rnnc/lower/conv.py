@@ -16,8 +16,8 @@ from . import activations
 from .context import LowerCtx
 from .registry import register
 
-TO_FIRST = {3: [0, 2, 1], 4: [0, 3, 1, 2]}    # channels_last -> channels_first
-TO_LAST = {3: [0, 2, 1], 4: [0, 2, 3, 1]}     # and back
+TO_FIRST = {3: [0, 2, 1], 4: [0, 3, 1, 2], 5: [0, 4, 1, 2, 3]}    # channels_last -> channels_first
+TO_LAST = {3: [0, 2, 1], 4: [0, 2, 3, 1], 5: [0, 2, 3, 4, 1]}     # and back
 
 
 def _pad_attrs(ctx: LowerCtx, layer: Layer, kernel, strides, dilation) -> dict:
@@ -79,6 +79,7 @@ def _plain_conv(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
 
 register("Conv1D", "plain")(_plain_conv)
 register("Conv2D", "plain")(_plain_conv)
+register("Conv3D", "plain")(_plain_conv)
 
 
 def _depthwise_kernel(w: np.ndarray) -> np.ndarray:

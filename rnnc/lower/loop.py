@@ -64,10 +64,33 @@ class OnnxOps:
     def act(self, name: str, x: str) -> str:
         return activations.emit(self.b, name, x)
 
-    def split(self, x: str, n: Any) -> list[str]:
+    def split(self, x: str, n: Any, axis: int = -1) -> list[str]:
         if isinstance(n, int):
-            return self.b.op("Split", [x], outputs=n, axis=-1, num_outputs=n)
-        return self.b.op("Split", [x, self.b.const(list(n))], outputs=len(n), axis=-1)
+            return self.b.op("Split", [x], outputs=n, axis=axis, num_outputs=n)
+        return self.b.op("Split", [x, self.b.const(list(n))], outputs=len(n), axis=axis)
+
+    def split_channels(self, x: str, n: Any) -> list[str]:
+        return self.split(x, n, axis=self.lead + 1)      # channels-first: [lead..., B, C, ...]
+
+    def conv(self, x: str, w: str, c: str | None, strides: tuple, dilation: tuple, pads: tuple,
+             from_input: bool) -> str:
+        """ONNX Conv, channels-first. A step input (channels_last, [lead..., B, *n, C]) is
+        transposed first, its lead axes folded into the batch and unfolded after."""
+        b, lead, n = self.b, self.lead, len(strides)
+        if from_input:
+            x = b.op("Transpose", [x], perm=[*range(lead + 1), lead + n + 1, *range(lead + 1, lead + n + 1)],
+                     name="ToChannelsFirst")
+        shape = b.op("Shape", [x]) if from_input and lead else None
+        if shape is not None:      # [lead..., B, C, *n] -> [lead * B, C, *n]
+            x = b.op("Reshape", [x, b.op("Concat", [b.const([-1]), b.op("Slice", [shape, b.const([lead + 1]),
+                                                                            b.const([lead + n + 2])])], axis=0)])
+        y = b.op("Conv", [x, w] + ([c] if c is not None else []), strides=list(strides), dilations=list(dilation),
+                 pads=[p[0] for p in pads] + [p[1] for p in pads])     # kernel_shape: W's
+        if shape is not None:      # back to [lead..., B, C', *n']
+            y = b.op("Reshape", [y, b.op("Concat", [b.op("Slice", [shape, b.const([0]), b.const([lead + 1])]),
+                                                    b.op("Slice", [b.op("Shape", [y]), b.const([1]),
+                                                                   b.const([n + 2])])], axis=0)])
+        return y
 
 
 class Runner:
@@ -97,10 +120,19 @@ class Runner:
         if self.q is not None:
             for k, v in raw.items():
                 self.q.register(self.params[k], np.asarray(v, dtype=np.float32))
+        self.splits = tiling_slices(cell.step_program) if cell.custom else {}
 
     def _emit(self, b: GraphBuilder, lead: int) -> Any:
-        """A custom cell's step emitter: matmul/gemm by a kernel param in int8 (--quantize int8)."""
+        """A custom cell's step emitter: matmul/gemm by a kernel param in int8 (--quantize int8);
+        slices that tile a value's axis as one Split (tiling_slices)."""
         def emit(n: Any, a: list[Any]) -> Any:
+            if n.id in self.splits:
+                axis, sizes, k = self.splits[n.id]
+                key = ("tiling_split", a[0], axis)
+                if key not in b.memo:
+                    parts = b.op("Split", [a[0], b.const(list(sizes))], outputs=len(sizes), axis=axis + lead)
+                    b.memo[key] = parts       # type: ignore[assignment]
+                return b.memo[key][k]
             if self.q is not None and n.op in ("matmul", "gemm") and len(a) >= 2 and isinstance(a[1], str):
                 y = int8.maybe(self.q, b, a[0], a[1], a[2] if n.op == "gemm" else None)
                 if y is not None:
@@ -140,6 +172,33 @@ class Runner:
         vals = evaluate(prog, self._emit(b, 0), seed, [*prog.outputs, *prog.next_states])
         k = len(prog.outputs)
         return [_fresh_if_shared(b, v, seed) for v in vals[:k]], [_fresh_if_shared(b, v, seed) for v in vals[k:]]
+
+
+def tiling_slices(prog: Any) -> dict[int, tuple[int, tuple[int, ...], int]]:
+    """Column slices of one batched value that together tile one of its axes (`z[:, :3 * u]`
+    and `z[:, 3 * u:]`): node id -> (axis, the parts' sizes, its part), so that they are one
+    Split instead of a Slice each."""
+    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    for n in prog.nodes:
+        if n.op != "getitem" or not n.batched:
+            continue
+        index = n.attr("index")
+        cut = [i for i, s in enumerate(index) if s[0] != "all"]
+        if len(cut) != 1 or index[cut[0]][0] != "slice" or index[cut[0]][3] != 1:
+            continue
+        _, start, stop, _ = index[cut[0]]
+        groups.setdefault((n.args[0], cut[0]), []).append((start, stop, n.id))
+    out: dict[int, tuple[int, tuple[int, ...], int]] = {}
+    for (arg, axis), parts in groups.items():
+        parts.sort()
+        dim = prog.nodes[arg].shape[axis]
+        edges = [p[0] for p in parts] + [parts[-1][1]]
+        if len(parts) < 2 or edges[0] != 0 or edges[-1] != dim or any(a[1] != b[0] for a, b in zip(parts, parts[1:])):
+            continue
+        sizes = tuple(p[1] - p[0] for p in parts)
+        for k, (_, _, nid) in enumerate(parts):
+            out[nid] = (axis, sizes, k)
+    return out
 
 
 def _fresh_if_shared(b: GraphBuilder, v: str, seed: dict) -> str:
@@ -210,17 +269,21 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
     runners = [Runner(ctx, layer_key, c) for c in cells]
     projected = runners[0].project(b, Xs, lead=1)        # hoisted: for every step at once
     batch = b.op("Slice", [b.op("Shape", [Xs[0]]), b.const([1]), b.const([2])], name="batch")   # [1]
-    states0 = list(init) if init else [_zeros(b, batch, s) for c in cells for _, s in c.states]
+    # the body's layout (a ConvLSTM's: channels-first, transposed here and after the loop only)
+    perms = [_loop_perm(c, len(s)) for c in cells for _, s in c.states]
+    states0 = ([_relayout(ctx, v, p, 1) for v, p in zip(init, perms)] if init else
+               [_zeros(b, batch, _permuted(s, _loop_perm(c, len(s)))) for c in cells for _, s in c.states])
     state_ranks = [1 + len(s) for c in cells for _, s in c.states]
-    out_shapes = list(cells[-1].output_shapes)
+    out_perms = [_loop_perm(cells[-1], len(s)) for s in cells[-1].output_shapes]
+    out_shapes = [_permuted(s, p) for s, p in zip(cells[-1].output_shapes, out_perms)]
     out_state = output_states(cells, len(states0))
     # the previous outputs ride along as loop state when a mask may repeat them, or when the
     # last output is asked for and is no state's final value
     carry = mask is not None or (not need_seq and None in out_state)
     prev0 = [_zeros(b, batch, s) for s in out_shapes] if carry else []
     if unroll is not None:
-        return _unrolled(ctx, runners, projected, mask, states0, prev0, state_ranks, out_shapes, need_seq,
-                         zero_output, unroll)
+        return _back(ctx, perms, out_perms, *_unrolled(ctx, runners, projected, mask, states0, prev0, state_ranks,
+                                                       out_shapes, need_seq, zero_output, unroll))
 
     body = GraphBuilder(parent=b)
     scanned = [v for v, per_step in projected if per_step] + ([mask] if mask is not None else [])
@@ -286,7 +349,37 @@ def run_cells(ctx: LowerCtx, layer: Layer, layer_key: str, Xs: list[str], *, ini
         lasts = res[len(states0):len(states0) + len(prev0)]
     else:   # a state's final value (None: not asked for, as the sequence is returned)
         lasts = [final[j] if j is not None else None for j in out_state]
-    return seqs, final, lasts
+    return _back(ctx, perms, out_perms, seqs, final, lasts)
+
+
+def _loop_perm(cell: Cell, rank: int) -> list[int] | None:
+    """The body's axes of a per-example value of `rank` axes, as Keras's axes (None: Keras's
+    layout): a channels-first cell's (C, *spatial) for Keras's (*spatial, C)."""
+    if cell.custom or not CELLS[cell.kind].channels_first or rank < 2:
+        return None
+    return [rank - 1, *range(rank - 1)]
+
+
+def _permuted(shape: tuple[int, ...], perm: list[int] | None) -> tuple[int, ...]:
+    return shape if perm is None else tuple(shape[i] for i in perm)
+
+
+def _relayout(ctx: LowerCtx, v: str | None, perm: list[int] | None, lead: int, back: bool = False) -> str | None:
+    """v ([lead axes..., per-example axes]) into the body's layout, or back from it."""
+    if v is None or perm is None:
+        return v
+    p = [int(i) for i in np.argsort(perm)] if back else perm
+    return ctx.transpose(v, [*range(lead), *(lead + i for i in p)], name="FromLoopLayout" if back else "ToLoopLayout")
+
+
+def _back(ctx: LowerCtx, perms: list, out_perms: list, seqs: list[str] | None, final: list[str],
+          lasts: list[str]) -> tuple[list[str] | None, list[str], list[str]]:
+    """run_cells' results back in Keras's layout: sequences [T, B, ...], states and outputs [B, ...]."""
+    if not any(perms) and not any(out_perms):
+        return seqs, final, lasts
+    seqs = None if seqs is None else [_relayout(ctx, v, p, 2, True) for v, p in zip(seqs, out_perms)]
+    return seqs, [_relayout(ctx, v, p, 1, True) for v, p in zip(final, perms)], \
+        [_relayout(ctx, v, p, 1, True) for v, p in zip(lasts, out_perms)]
 
 
 def output_states(cells: list[Cell], n_states: int) -> list[int | None]:

@@ -52,6 +52,8 @@ def recognized_supports(cell: Cell, target: str) -> str | None:
 def cell_supports(cell: Cell, target: str) -> str | None:
     if cell.custom:
         return recognized_supports(cell, target)
+    if cell.kind == "ConvLSTM":
+        return "no ONNX op computes a ConvLSTM (its gates are convolutions): a time loop runs its equations"
     if cell.kind not in ONNX_OP:
         return f"custom cell {cell.kind!r} has no ONNX op"
     acts = cell_activations(cell)

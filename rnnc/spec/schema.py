@@ -146,6 +146,26 @@ CELL_KEYS: dict[str, dict[str, Key]] = {
 CELL_OF_LAYER = {"SimpleRNN": "SimpleRNNCell", "GRU": "GRUCell", "LSTM": "LSTMCell"}
 LAYER_OF_CELL = {v: k for k, v in CELL_OF_LAYER.items()}
 
+# ConvLSTM1D/2D/3D (Keras 3's layers/rnn/conv_lstm.py): an LSTM whose gates are convolutions,
+# one built-in cell ("ConvLSTM", rnnc/cells/builtin.py) built by rnnc/ir/build.py's recurrent();
+# channels_last only. The cell's keys, by the rank of the convolution:
+CONV_LSTM_LAYERS = {"ConvLSTM1D": 1, "ConvLSTM2D": 2, "ConvLSTM3D": 3}
+
+
+def conv_lstm_keys(rank: int) -> dict[str, Key]:
+    return {"filters": Key(_positive_int, required=True),
+            "kernel_size": Key(int_tuple(rank), required=True),
+            "strides": Key(int_tuple(rank), (1,) * rank),
+            "padding": Key(_enum("valid", "same"), "valid"),
+            "data_format": Key(_enum("channels_last"), "channels_last"),
+            "dilation_rate": Key(int_tuple(rank), (1,) * rank),
+            "activation": Key(_activation, "tanh"),
+            "recurrent_activation": Key(_activation, "sigmoid"),
+            "use_bias": Key(_bool, True),
+            "unit_forget_bias": Key(_bool, True),
+            "dropout": Key(_rate, 0.0),
+            "recurrent_dropout": Key(_rate, 0.0)}
+
 # Keras's `layer(x, mask=m)`: the mask the layer gets instead of its input's. A key of the
 # layers whose Keras call takes `mask=` (recurrent layers, Bidirectional, BatchNormalization
 # and the defined kinds that read a mask: rnnc/spec/loader.py); top-level layers only, and kept
@@ -179,6 +199,7 @@ LAYER_KEYS: dict[str, dict[str, Key]] = {
                   "mask_zero": Key(_bool, False)},
     "Masking": {"mask_value": Key(_float, 0.0)},
     **{layer: {**CELL_KEYS[cell], **SEQUENCE_KEYS} for layer, cell in CELL_OF_LAYER.items()},
+    **{layer: {**conv_lstm_keys(rank), **SEQUENCE_KEYS} for layer, rank in CONV_LSTM_LAYERS.items()},
     # `cell` is checked by the loader (a cell mapping or a list of them).
     "RNN": {"cell": Key(lambda v: (True, v, ""), required=True), **SEQUENCE_KEYS},
     # `layer` / `backward_layer` are nested layer mappings, checked by the loader.
@@ -211,6 +232,7 @@ DEFAULT_NAMES = {
     "Activation": "activation", "Concatenate": "concatenate", "Add": "add",
     "Multiply": "multiply", "Average": "average", "Subtract": "subtract", "Maximum": "maximum",
     "Minimum": "minimum", "Dot": "dot",
+    "ConvLSTM1D": "conv_lstm1d", "ConvLSTM2D": "conv_lstm2d", "ConvLSTM3D": "conv_lstm3d",
 }
 
 

@@ -76,7 +76,7 @@ def _recurrent_inits(layer: Layer, prefix: str) -> dict[str, str]:
                 out[prefix + key] = cell.inits[name]
                 continue
             init = {"kernel": "glorot_uniform", "recurrent_kernel": "orthogonal"}.get(name, "zeros")
-            if name == "bias" and cell.kind == "LSTM" and cell.config.get("unit_forget_bias", True):
+            if name == "bias" and cell.kind in ("LSTM", "ConvLSTM") and cell.config.get("unit_forget_bias", True):
                 init = f"unit_forget_bias:{cell.units}"
             out[prefix + key] = init
     return out
