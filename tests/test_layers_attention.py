@@ -142,6 +142,19 @@ def test_mha_cross_attention_with_key_and_attention_mask(tmp_path):
     assert ops["And"] == 4 and ops["Equal"] == 4     # 3 Masking layers, the attention mask
 
 
+def test_mha_with_a_bool_attention_mask_input(tmp_path):
+    q = keras.Input((None, 4), name="q")
+    v = keras.Input((None, 6), name="v")
+    am = keras.Input((None, None), dtype="bool", name="am")
+    m = keras.Model([q, v, am], L.MultiHeadAttention(2, 3)(q, v, attention_mask=am))
+    rng = np.random.default_rng(5)
+    feeds = [{"q": floats(5, tq, 4, seed=1), "v": floats(5, tv, 6, seed=2), "am": rng.random((5, tq, tv)) > 0.3}
+             for tq, tv in ((4, 6), (3, 5))]
+    imp, ops = keras_parity(m, tmp_path, *feeds)
+    assert imp.compiled.graph.inputs["am"].dtype == "bool"
+    assert ops["Equal"] == 0 and ops["Where"] >= 1      # the bool mask is used as it is
+
+
 def test_mha_over_bigru_with_embedding_mask(tmp_path):
     tok = keras.Input((None,), dtype="int32", name="tok")
     e = L.Embedding(20, 5, mask_zero=True)(tok)

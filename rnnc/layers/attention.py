@@ -116,6 +116,10 @@ def mha_heads(cfg: dict) -> tuple[int, int, int]:
 def _mha_infer(ctx: InferCtx) -> Inferred:
     c = ctx.config
     n_t = len(ctx.types) - (1 if c["attention_mask"] else 0)
+    for i, t in enumerate(ctx.types[1:n_t], start=1):     # only the attention mask may be bool
+        if t.dtype != "float32":
+            raise ctx.fail("input", f"MultiHeadAttention's {('value', 'key')[i - 1]} must be float32, got {t.dtype} "
+                           f"from {ctx.refs[i]}")
     if n_t < 2:
         raise ctx.fail("input", "MultiHeadAttention with attention_mask: true takes [query, value, attention_mask] "
                        "or [query, value, key, attention_mask] (the attention mask last)")
@@ -286,4 +290,4 @@ MULTI_HEAD_ATTENTION = define(LayerDef(
           "attention_axes": Key(_axes_check, None), "attention_mask": Key(S.boolean, False), **CALL_KEYS},
     infer=_mha_infer, reference=_mha_ref, default_name="multi_head_attention", masking="pass", inputs=(2, 4),
     keras_ignore=frozenset({"seed", "use_gate", "sliding_window", "flash_attention"}),
-    keras_check=_mha_keras_check))
+    keras_check=_mha_keras_check, other_dtypes=("float32", "bool")))

@@ -120,7 +120,8 @@ def multi_head_attention(ctx: LowerCtx, layer: Layer) -> dict[str, str]:
     keep = None
     if cfg["attention_mask"]:
         m = ctx.x(layer, len(layer.inputs) - 1)
-        keep = b.op("Not", [b.op("Equal", [m, _f32(ctx, 0.0)])])        # [B|1, Tq, Tv]
+        bool_mask = ctx.graph.type_of(layer.inputs[-1]).dtype == "bool"
+        keep = m if bool_mask else b.op("Not", [b.op("Equal", [m, _f32(ctx, 0.0)])])   # [B|1, Tq, Tv]
     qm = _input_mask(ctx, layer, 0)
     if qm is not None:
         keep = _and(ctx, keep, ctx.unsqueeze(qm, 2))                    # [B, Tq, 1]
