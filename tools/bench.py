@@ -269,7 +269,9 @@ def bench_mha(repeat: int, threads: int) -> None:
             return self.mha(h, h, h, need_weights=False)[0]
 
     m = Model().eval()
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
     with torch.no_grad():
         for half, sfx in (("forward", ""), ("backward", "_reverse")):
             kern, rec, bias = (c.weights[f"enc/{half}/{k}"] for k in ("kernel", "recurrent_kernel", "bias"))

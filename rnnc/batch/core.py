@@ -253,11 +253,14 @@ def batches(table, size: int) -> Iterator:
         yield table.slice(s, size)
 
 
+_DRAWN = {"bar": -1}   # the bar's last length drawn (-1: none yet)
+
+
 def progress(done: int, total: int, *, out=sys.stderr) -> None:
     k = int(30 * done / max(total, 1))
-    if done < total and k == getattr(progress, "_last", -1):
+    if done < total and k == _DRAWN["bar"]:
         return
-    progress._last = k if done < total else -1   # type: ignore[attr-defined]
+    _DRAWN["bar"] = k if done < total else -1
     print(f"\rrows {done}/{total} [{'#' * k}{'.' * (30 - k)}]", end="" if done < total else "\n", file=out, flush=True)
 
 

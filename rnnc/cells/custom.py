@@ -54,8 +54,8 @@ def int_eval(text: Any, ints: dict[str, int], path: tuple) -> int:
 
     def fail(reason: str, node: ast.AST) -> CellDefError:
         if reason == "unknown":
-            return CellDefError(path, f"unknown size `{node.id}` in {text!r}: "  # type: ignore[attr-defined]
-                                f"expected one of {', '.join(sorted(ints))}")
+            name = node.id if isinstance(node, ast.Name) else ast.unparse(node)
+            return CellDefError(path, f"unknown size `{name}` in {text!r}: expected one of {', '.join(sorted(ints))}")
         if reason == "zero":
             return CellDefError(path, f"division by zero in {text!r}")
         return CellDefError(path, f"expected an integer expression of attributes and sizes, got {text!r}")

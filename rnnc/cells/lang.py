@@ -384,7 +384,8 @@ class _Builder:
             if len(parts) != len(target.elts):
                 raise self.error(f"split() gives {len(parts)} parts, unpacked into {len(target.elts)} names")
             for t, p in zip(target.elts, parts):
-                self.bind_name(t.id, p, st)  # type: ignore[attr-defined]
+                assert isinstance(t, ast.Name)   # checked above: every target is a name
+                self.bind_name(t.id, p, st)
             return
         raise self.error(f"not allowed as an assignment target: `{ast.unparse(target)}`")
 
@@ -481,7 +482,9 @@ class ProgramWriter:
         p, m = self.prog, self.new_id
         if len(self.nodes) == len(p.nodes) and all(a == b for a, b in zip(self.nodes, p.nodes)):
             return p
-        remap = lambda pairs: tuple((k, m[i]) for k, i in pairs)  # noqa: E731
+        def remap(pairs: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+            return tuple((k, m[i]) for k, i in pairs)
+
         return Program(tuple(self.nodes), remap(p.inputs), remap(p.states), remap(p.params),
                        tuple(m[i] for i in p.next_states), tuple(m[i] for i in p.outputs))
 

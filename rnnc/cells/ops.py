@@ -134,7 +134,9 @@ class OpDef:
         return self.args[:n]
 
     def result_dtype(self, ins: Sequence[Node]) -> Dtype:
-        return ins[0].dtype if self.dtype == "same" else self.dtype    # type: ignore[return-value]
+        if self.dtype == "same":
+            return ins[0].dtype
+        return self.dtype
 
 
 def result_shape(node: Node, ins: Sequence[Node]) -> Shape:

@@ -55,8 +55,8 @@ def merged_mask_rule(kind: str, input_has_mask: Sequence[bool], concat_on_last_a
 def dot_axes(axes: int | tuple[int, int], x_rank: int, y_rank: int) -> tuple[int, int]:
     """Keras 3's Dot axes (layers/merging/dot.py): one int for both inputs or a pair, a
     negative axis counted from the end of its input."""
-    pair = (axes, axes) if isinstance(axes, int) else tuple(axes)
-    return tuple(a % r if a < 0 else a for a, r in zip(pair, (x_rank, y_rank)))  # type: ignore[return-value]
+    a, b = (axes, axes) if isinstance(axes, int) else axes
+    return (a % x_rank if a < 0 else a, b % y_rank if b < 0 else b)
 
 
 KERAS_EPSILON = 1e-7   # keras.config.epsilon(): Dot(normalize=True) divides by max(norm, epsilon)

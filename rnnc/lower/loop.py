@@ -121,6 +121,7 @@ class Runner:
             for k, v in raw.items():
                 self.q.register(self.params[k], np.asarray(v, dtype=np.float32))
         self.splits = tiling_slices(cell.step_program) if cell.custom else {}
+        self.split_memo: dict[tuple[int, str, int], list[str]] = {}   # (builder, value, axis) -> its Split
 
     def _emit(self, b: GraphBuilder, lead: int) -> Any:
         """A custom cell's step emitter: matmul/gemm by a kernel param in int8 (--quantize int8);
@@ -128,11 +129,12 @@ class Runner:
         def emit(n: Any, a: list[Any]) -> Any:
             if n.id in self.splits:
                 axis, sizes, k = self.splits[n.id]
-                key = ("tiling_split", a[0], axis)
-                if key not in b.memo:
+                key = (id(b), a[0], axis)
+                parts = self.split_memo.get(key)
+                if parts is None:    # one Split per value and axis, however many slices read it
                     parts = b.op("Split", [a[0], b.const(list(sizes))], outputs=len(sizes), axis=axis + lead)
-                    b.memo[key] = parts       # type: ignore[assignment]
-                return b.memo[key][k]
+                    self.split_memo[key] = parts
+                return parts[k]
             if self.q is not None and n.op in ("matmul", "gemm") and len(a) >= 2 and isinstance(a[1], str):
                 y = int8.maybe(self.q, b, a[0], a[1], a[2] if n.op == "gemm" else None)
                 if y is not None:
