@@ -87,10 +87,11 @@ def pipeline(*, target: str = "ort", control: str = "auto", hoist: bool = True,
     sup = supports_int8(supports) if quantize == "int8" else supports
     if provider not in PROVIDERS:
         raise RnncError(f"provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+    where = "cost"
     if cost is None:    # RNNC_LOWERING_COST=native: auto is the native op wherever exact (tests of that lowering)
-        cost = os.environ.get("RNNC_LOWERING_COST") or "model"
+        cost, where = os.environ.get("RNNC_LOWERING_COST") or "model", "the environment's RNNC_LOWERING_COST"
     if isinstance(cost, str) and cost not in COSTS:     # else a CostModel (rnnc/passes/cost_model.py)
-        raise RnncError(f"cost: expected one of {', '.join(COSTS)}, got {cost!r}")
+        raise RnncError(f"{where}: expected one of {', '.join(COSTS)}, got {cost!r}")
     passes.append(ChooseLowering(supports=sup, target=target, control=time_loop_op(control), provider=provider,
                                  cost=cost, overrides=overrides))
     return passes

@@ -82,3 +82,12 @@ def test_summary_counts_a_model_of_any_size_without_drawing_weights(tmp_path, ca
     assert "Total params: 3,155,902,464" in capsys.readouterr().out
     assert main(["check", str(spec)]) == 2              # compiling it would hold them: refused, and says why
     assert "expected at most" in capsys.readouterr().err
+
+
+def test_a_bad_lowering_cost_in_the_environment_is_named(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "m.yaml"
+    spec.write_text("rnnc: 1\ninputs: {x: {shape: [batch, time, 3]}}\nlayers:\n  - {type: LSTM, units: 4}\n")
+    monkeypatch.setenv("RNNC_LOWERING_COST", "fast")
+    assert main(["compile", str(spec), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "RNNC_LOWERING_COST: expected one of model, native, got 'fast'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
