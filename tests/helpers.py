@@ -120,3 +120,13 @@ def check_parity(text: str, *, native: int | None = None, loops: int | None = No
     if onnx_reference:
         assert_close(run_onnx_reference(c.model, feeds), want, tol, "onnx.reference", rtol)
     return c, got, want
+
+
+def assert_streams_like_whole(compiled, x: np.ndarray, output: str, cuts: tuple[int, ...], tol: float = TOL) -> None:
+    """A stateful model run on x in chunks (cut at `cuts` along time) ends where one run on the
+    whole of x ends (Keras's stateful semantics: the states carry over between calls)."""
+    whole = rnnc.Session(compiled, providers="cpu").run({"x": x})[output]
+    s = rnnc.Session(compiled, providers="cpu")
+    bounds = (0, *cuts, x.shape[1])
+    parts = [s.run({"x": x[:, a:b]})[output] for a, b in zip(bounds, bounds[1:])]
+    assert np.max(np.abs(parts[-1] - whole)) <= tol

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from hypothesis_or_skip import HealthCheck, given, settings, st  # skips the property tests without hypothesis
 
-from helpers import check_parity, compile_text, op_counts, random_feeds
+from helpers import assert_streams_like_whole, check_parity, compile_text, op_counts, random_feeds
 from rnnc.errors import SpecError
 from rnnc.ir import build_graph
 from rnnc.spec import load_spec_text
@@ -166,13 +166,8 @@ def test_custom_cell_initial_state_stateful_and_stacked_with_builtins():
     check_parity(text, native=0, loops=1)
     stateful = spec(MINIMAL, "  - {type: RNN, name: r, stateful: true, cell: {type: MinimalRNNCell, units: 4}}\n",
                     "x: {shape: [2, time, 3]}")
-    import rnnc
-    c = compile_text(stateful)
     x = np.random.default_rng(0).normal(size=(2, 9, 3)).astype(np.float32)
-    whole = rnnc.Session(c).run({"x": x})["r"]
-    s = rnnc.Session(c)
-    parts = [s.run({"x": x[:, a:b]})["r"] for a, b in ((0, 4), (4, 9))]
-    assert np.max(np.abs(parts[-1] - whole)) <= 1e-5
+    assert_streams_like_whole(compile_text(stateful), x, "r", (4,))
 
 
 def test_nested_cell_from_the_guide():

@@ -1,6 +1,7 @@
 """Loop bodies as lean as hand-built ones, and the right-padded mask check in a few nodes."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from test_custom_cells import body_of, spec, step_lstm_cells
@@ -46,3 +47,43 @@ def test_right_padded_check_is_six_nodes(layer, pattern):
     c, _, _ = check_parity(text, feeds=masked_input(pattern), onnx_reference=pattern != "right")
     # Cast, Pad, Pad, Sub, ReduceMax, Less (the lengths and steps: inside the fast branch)
     assert sorted(_right_padded_nodes(c.model)) == sorted(["Cast", "Pad", "Pad", "Sub", "ReduceMax", "Less"])
+
+
+def _right_padded_model() -> onnx.ModelProto:
+    """The run-time check alone, as a model: mask [B, T] bool -> is every row right-padded and
+    non-empty (the native op with sequence_lens is exact then, else the exact loop runs)."""
+    from onnx import TensorProto, helper
+
+    from rnnc.emit.builder import GraphBuilder
+    from rnnc.lower.context import LowerCtx
+    from rnnc.lower.recurrent import right_padded
+
+    b = GraphBuilder()
+    b.reserve("mask")
+    cond = right_padded(LowerCtx(b, None, {}, "ort"), "mask")
+    b.nodes.append(helper.make_node("Identity", [cond], ["ok"]))
+    g = helper.make_graph(b.nodes, "check", [helper.make_tensor_value_info("mask", TensorProto.BOOL, ["b", "t"])],
+                          [helper.make_tensor_value_info("ok", TensorProto.BOOL, [])], initializer=b.initializers)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    return m
+
+
+def test_right_padded_check_decides_as_its_definition():
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    m = _right_padded_model()
+    sess, ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]), ReferenceEvaluator(m)
+    rng = np.random.default_rng(0)
+    cases = [np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]]), np.array([[1, 1, 1]]),     # right-padded: fast path
+             np.array([[0, 1, 1]]), np.array([[1, 0, 1]]), np.array([[1, 1, 0], [0, 0, 0]]),  # left, hole, empty
+             *(rng.random((rng.integers(1, 5), rng.integers(1, 7))) > p for p in np.linspace(0.05, 0.6, 200))]
+    seen = set()
+    for mask in cases:
+        mask = np.asarray(mask, dtype=bool)
+        want = bool(all(row[0] and not np.any(row[np.argmin(row):]) if not row.all() else True for row in mask))
+        for got in (sess.run(None, {"mask": mask})[0], ref.run(None, {"mask": mask})[0]):
+            assert bool(got) == want, mask
+        seen.add(want)
+    assert seen == {True, False}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis_or_skip import HealthCheck, given, settings, st  # skips the property test without hypothesis
 
-from helpers import check_parity, compile_text
+from helpers import assert_streams_like_whole, check_parity, compile_text
 from rnnc.pipeline import prepare
 from rnnc.spec import load_spec_text
 
@@ -186,15 +186,10 @@ def test_recognized_masks_bidirectional_initial_state():
 def test_recognized_stateful_streams():
     import numpy as np
 
-    import rnnc
     text = cell_text(RNN_P, "{h: [units]}", RNN_STEPS["plain"], layer="stateful: true, ",
                      model_inputs="x: {shape: [2, time, 4]}")
-    c = compile_text(text)
     x = np.random.default_rng(0).normal(size=(2, 9, 4)).astype(np.float32)
-    whole = rnnc.Session(c).run({"x": x})["r"]
-    s = rnnc.Session(c)
-    parts = [s.run({"x": x[:, a:b]})["r"] for a, b in ((0, 4), (4, 9))]
-    assert np.max(np.abs(parts[-1] - whole)) <= 1e-5
+    assert_streams_like_whole(compile_text(text), x, "r", (4,))
 
 
 def test_lowering_loop_still_forces_the_scan():

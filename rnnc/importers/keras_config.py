@@ -43,7 +43,6 @@ REQUIRED: dict[str, tuple[Any, str]] = {
     "optional": (False, "optional inputs are not supported"),
     "constants": (None, "RNN constants are not supported"),
 }
-SEQUENCE = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
 
 
 class LayerConverter:

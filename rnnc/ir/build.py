@@ -27,7 +27,6 @@ from .semantics import (
 )
 from .types import Dim, Ref, TensorType
 
-MASK_PASSING = ("Dense", "Dropout", "Activation", "BatchNormalization")
 # float32 parameters: 8 GB, held in memory while compiling. Over 2 GB the model is written with
 # ONNX external data (rnnc/emit/model.py save_atomic); this bound is only the memory's.
 MAX_PARAMS = 2_000_000_000

@@ -79,10 +79,6 @@ class Plan:
             raise PlanError("; ".join(problems))
 
     @property
-    def is_native(self) -> bool:
-        return self.strategy == "native"
-
-    @property
     def cost_text(self) -> str:
         """The candidates in words ("model (...): native 1.20 ms, loop 0.98 ms (chosen)"), or ""."""
         if not self.candidates:

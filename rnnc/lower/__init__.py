@@ -9,7 +9,7 @@ from ..ir.types import Ref
 from ..layers import LAYER_DEFS
 
 # the rule modules, imported for their @register side effects
-from . import activation, attention, conv, layers, merging, normalization, recurrent, shape  # noqa: F401
+from . import activation, attention, conv, layers, normalization, recurrent, shape  # noqa: F401
 from .context import LowerCtx, Lowered
 from .registry import has_rule, register, rule
 

@@ -124,26 +124,21 @@ def cell_kind(cell: Cell) -> str | None:
     return None if cell.custom else cell.kind
 
 
+def _sized(dim: object, name: str) -> tuple[int, str]:
+    """A dim as a size: fixed as it is, symbolic (or unknown) at DEFAULT_DIMS[name]."""
+    if isinstance(dim, int):
+        return dim, f"{name} {dim}"
+    size = DEFAULT_DIMS[name]
+    return size, f"{name} {size} (symbolic {dim!r}: default)" if dim else f"{name} {size}"
+
+
 def shape_of(layer: Layer) -> tuple[int, int, str]:
     """(batch, time steps, the words for them): fixed dims as they are, symbolic ones at
     DEFAULT_DIMS."""
     out = layer.outputs.get("output")
-    b = out.dims[0] if out is not None and out.dims else None
-    t = layer.time
-    words = []
-    if isinstance(b, int):
-        batch = b
-        words.append(f"batch {b}")
-    else:
-        batch = DEFAULT_DIMS["batch"]
-        words.append(f"batch {batch} (symbolic {b!r}: default)" if b else f"batch {batch}")
-    if isinstance(t, int):
-        steps = t
-        words.append(f"time {t}")
-    else:
-        steps = DEFAULT_DIMS["time"]
-        words.append(f"time {steps} (symbolic {t!r}: default)" if t else f"time {steps}")
-    return batch, steps, ", ".join(words)
+    batch, b_words = _sized(out.dims[0] if out is not None and out.dims else None, "batch")
+    steps, t_words = _sized(layer.time, "time")
+    return batch, steps, f"{b_words}, {t_words}"
 
 
 def pick(times: Mapping[str, float]) -> str:

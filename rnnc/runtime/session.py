@@ -271,8 +271,9 @@ class Session:
         """The serving form: the carried states, or zeros of the chunk's batch before the
         first chunk; a chunk of another batch than the carried states' is an error."""
         syms = {s["dims"][0] for s in self._state_io if isinstance(s["dims"][0], str)}
-        sized = [a.shape[0] for n, a in checked.items() if self.input_spec(n)[1][:1] and
-                 self.input_spec(n)[1][0] in syms] or [a.shape[0] for a in checked.values() if a.ndim]
+        firsts = {n: self.input_spec(n)[1][:1] for n in checked}     # each input's first dim, if any
+        sized = [a.shape[0] for n, a in checked.items() if firsts[n] and firsts[n][0] in syms] or \
+            [a.shape[0] for a in checked.values() if a.ndim]
         if not sized:
             raise InputError("the serving form's states take their batch from the inputs, and no input has one")
         batch = int(sized[0])
