@@ -207,17 +207,16 @@ class _Progress:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     # lazy (onnx): see the module docstring
-    from .emit import save_atomic
     from .pipeline import PROGRESS, compile_spec, stage
 
     token = PROGRESS.set(_Progress())
     try:
-        return _compile(args, save_atomic, compile_spec, stage)
+        return _compile(args, compile_spec, stage)
     finally:
         PROGRESS.reset(token)
 
 
-def _compile(args: argparse.Namespace, save_atomic, compile_spec, stage) -> int:
+def _compile(args: argparse.Namespace, compile_spec, stage) -> int:
 
     _spec_file(args.spec)
     out = Path(args.output)
@@ -263,15 +262,15 @@ def _compile(args: argparse.Namespace, save_atomic, compile_spec, stage) -> int:
         print("note: --precision fp16 is for ONNX Runtime's CUDA provider; the CPU provider runs it with float32 "
               "casts around each float16 node, slower than the float32 model (use --quantize int8 for the CPU)")
     if args.strict_gpu:                     # checked before writing: on error nothing is written
-        sess = _strict_session(c.model, "auto", str(out))
+        sess = _strict_session(c, "auto", str(out))
         if sess.fallback:
             print(f"--strict-gpu: not checked: {sess.fallback}")
         elif sess.strict_gpu:
             print("--strict-gpu: ok: ONNX Runtime places every main-graph node on CUDA")
     stage(f"writing {out}")
-    files = save_atomic(c.model, out, external_data=True if args.external_data else None)
+    files = c.save(out, external_data=True if args.external_data else None)
     extra = f"; tensors in {', '.join(str(f) for f in files[1:])}" if files and len(files) > 1 else ""
-    print(f"wrote {out} (opset {args.opset}, IR {args.ir_version}, {len(c.model.graph.node)} nodes, "
+    print(f"wrote {out} (opset {args.opset}, IR {args.ir_version}, {len(c.structure.graph.node)} nodes, "
           f"{c.graph.param_count():,} params{extra})")
     for layer in c.graph.layers.values():
         if layer.reason:

@@ -167,11 +167,14 @@ def bad_text_field(msg: Any) -> str | None:
     return None
 
 
-def check_model(model: Any, where: str | None = None, *, path: str | Path | None = None) -> dict[str, Any] | None:
+def check_model(model: Any, where: str | None = None, *, path: str | Path | None = None,
+                stripped: list[int] | None = None) -> dict[str, Any] | None:
     """Check a parsed onnx.ModelProto before anything reads it: UTF-8 text fields,
     onnx.checker's full check (structure, types, shape inference), and rnnc's table if the
     model has one (returned, parsed; None for a model rnnc did not write). `path`: the file
-    it came from, for models whose weights live in external data (checked from the file)."""
+    it came from, for models whose weights live in external data (checked from the file).
+    `stripped`: the initializers read without their data (load_model of a large file; their
+    sizes are checked there): the checker sees them as graph inputs of their type and dims."""
     import onnx  # lazy: see the module docstring
 
     bad = bad_text_field(model)
@@ -181,6 +184,8 @@ def check_model(model: Any, where: str | None = None, *, path: str | Path | None
     try:
         if path is not None and (external or model.ByteSize() >= MAX_PROTO):
             onnx.checker.check_model(str(path), full_check=True)
+        elif stripped:
+            onnx.checker.check_model(_as_inputs(model, stripped), full_check=True)
         else:
             onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ValueError, ...
@@ -193,32 +198,64 @@ def check_model(model: Any, where: str | None = None, *, path: str | Path | None
     return parse(props[KEY], where) if KEY in props else None
 
 
-def read_model_file(path: str | Path) -> bytes:
-    """The bytes of a file that must be an ONNX model: a missing file, a directory, or a
-    file of another kind (a spec, a .npy ...: rnnc/fileio.py sniff) is refused and named."""
+def _as_inputs(model: Any, stripped: list[int]) -> Any:
+    """A copy of the model with the initializers at `stripped` (read without their data) made
+    graph inputs of their type and dims (an input already of that name stays as it is)."""
+    import onnx  # lazy: see the module docstring
+    from onnx import helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    g = probe.graph
+    gone = set(stripped)
+    inputs = {i.name for i in g.input}
+    keep = [t for i, t in enumerate(g.initializer) if i not in gone]
+    moved = [t for i, t in enumerate(g.initializer) if i in gone]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved
+                   if t.name not in inputs)
+    return probe
+
+
+def _model_path(path: str | Path) -> Path:
+    """A file that must be an ONNX model: a missing file, a directory, or a file of another
+    kind (a spec, a .npy ...: rnnc/fileio.py sniff) is refused and named."""
     from .fileio import expect_kind
 
     p = Path(path)
     if not p.exists():
         raise ModelFileError(f"model file not found: {p}")
     expect_kind(p, ("onnx", "binary"), "an ONNX model", error=ModelFileError)
+    return p
+
+
+def read_model_file(path: str | Path) -> bytes:
+    """The bytes of a file that must be an ONNX model (_model_path)."""
+    p = _model_path(path)
     try:
         return p.read_bytes()
     except OSError as e:
         raise ModelFileError(f"cannot read {p}: {e.strerror or e}") from None
 
 
-def load_model(data: bytes | str | Path, where: str | None = None, *, path: str | Path | None = None) -> Any:
-    """Parse and check a model (bytes, or a path: read_model_file); returns the
-    onnx.ModelProto. Every problem is a ModelFileError that says what is wrong. External
-    weights are not loaded (nothing here needs them)."""
+# A model file this big is read without its large initializers' data (rnnc/protowire.py): the
+# checks and `inspect` need their types and dims only, and ONNX Runtime reads the file itself
+LARGE_FILE = 64 << 20
+STRIP_MIN = 1 << 16     # initializers of this many bytes or more are measured, not read
+
+
+def is_large_file(path: str | Path) -> bool:
+    try:
+        return Path(path).stat().st_size >= LARGE_FILE
+    except OSError:
+        return False        # read_model_file names the problem
+
+
+def _parse(data: bytes, where: str | None) -> Any:
     import onnx  # lazy: see the module docstring
     from google.protobuf.message import DecodeError
 
-    if isinstance(data, (str, Path)):
-        path = Path(data)
-        where = where or str(path)
-        data = read_model_file(path)
     if not data:
         raise _damaged(where, "the file is empty")
     model = onnx.ModelProto()
@@ -229,5 +266,72 @@ def load_model(data: bytes | str | Path, where: str | None = None, *, path: str 
                               "truncated or not an ONNX model") from None
     if not model.HasField("graph"):
         raise _damaged(where, "it has no graph (the file is damaged, truncated or not an ONNX model)")
+    return model
+
+
+def load_model(data: bytes | str | Path, where: str | None = None, *, path: str | Path | None = None) -> Any:
+    """Parse and check a model (bytes, or a path: read_model_file); returns the
+    onnx.ModelProto. Every problem is a ModelFileError that says what is wrong. External
+    weights are not loaded (nothing here needs them). A large file (LARGE_FILE) is read
+    without its large initializers' data: they come back with their type and dims only."""
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        where = where or str(path)
+        if is_large_file(path):
+            return _load_large(path, where)
+        data = read_model_file(path)
+    model = _parse(data, where)
     check_model(model, where, path=path)
+    return model
+
+
+# the types whose raw data is a whole number of bytes per element (TensorProto.DataType: FLOAT ..
+# BFLOAT16, and the four FLOAT8s); a large file with another kind of stripped tensor is read whole
+_BYTE_TYPES = frozenset(range(1, 21)) - {8}       # not STRING
+
+
+def strip_weights(data: Any, where: str | None) -> tuple[Any, list[int]] | None:
+    """Parse the model in `data` (bytes or an mmap) without its main graph's large
+    initializers' data (rnnc/protowire.py); each one's size is checked against its type and
+    dims. Returns the model and the indices of those initializers (None where one is of a type
+    packed below a byte, whose size is left to onnx.checker)."""
+    import math
+
+    from onnx import helper
+
+    from .protowire import WireError, strip_raw_data
+
+    try:
+        skeleton, stripped = strip_raw_data(data, STRIP_MIN)
+    except WireError as e:
+        raise _damaged(where, f"its protobuf cannot be parsed ({e}): the file is damaged, truncated or not an "
+                              "ONNX model") from None
+    model = _parse(skeleton, where)
+    inits = model.graph.initializer
+    for i, size in stripped:
+        t = inits[i]
+        if t.data_type not in _BYTE_TYPES:
+            return None
+        need = math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        if any(d < 0 for d in t.dims) or need != size:
+            raise _damaged(where, f"initializer {t.name!r} has {size:,} bytes of data; its type and dims "
+                                  f"{list(t.dims)} need {need:,}")
+    return model, [i for i, _ in stripped]
+
+
+def _load_large(path: Path, where: str) -> Any:
+    import mmap
+
+    p = _model_path(path)
+    try:
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            read = strip_weights(mm, where)
+    except OSError as e:
+        raise ModelFileError(f"cannot read {p}: {e.strerror or e}") from None
+    if read is None:
+        model = _parse(read_model_file(p), where)
+        check_model(model, where, path=path)
+        return model
+    model, stripped = read
+    check_model(model, where, path=path, stripped=stripped)
     return model

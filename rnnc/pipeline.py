@@ -4,14 +4,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from .emit import GraphBuilder, assemble, check
-from .emit.model import MIN_OPSET
+from .emit.model import MIN_OPSET, materialize, structure, write_model
 from .emit.peephole import cancel_transpose_pairs
 from .errors import RnncError
 from .ir import Graph, build_graph
@@ -41,22 +41,59 @@ COSTS = ("model", "native")     # lowering: auto by the cost model, or the nativ
 VERIFY_IR = os.environ.get("RNNC_VERIFY_IR") == "1"
 
 
-@dataclass
 class Compiled:
-    model: onnx.ModelProto
-    graph: Graph
-    weights: dict[str, np.ndarray]
+    """A compiled model: `model` (the onnx.ModelProto), `graph` (rnnc's IR, with each layer's
+    lowering plan) and `weights` (the arrays it was compiled with).
+
+    The model's large tensors are held as the arrays they came from until the whole ModelProto
+    is asked for (`model`), so a model compiled and saved holds its weights once: `save` writes
+    them straight from the arrays, and `structure` is the graph without them (what `inspect`
+    reads). The arrays are shared with `weights` (and with a weights dict the caller passed in):
+    change them after compiling and the model written changes too."""
+
+    def __init__(self, model: onnx.ModelProto, graph: Graph, weights: dict[str, np.ndarray],
+                 arrays: dict[str, np.ndarray] | None = None):
+        self._model = model
+        self._arrays = dict(arrays or {})
+        self.graph = graph
+        self.weights = weights
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The whole model (made once, on first use, from the held arrays)."""
+        if self._arrays:
+            materialize(self._model, self._arrays)
+            self._arrays = {}
+        return self._model
+
+    @model.setter
+    def model(self, model: onnx.ModelProto) -> None:
+        self._model, self._arrays = model, {}
+
+    @property
+    def structure(self) -> onnx.ModelProto:
+        """The model with its large tensors' types and dims and none of their data: everything
+        but the weights, for reading the graph (it does not run)."""
+        return structure(self._model, self._arrays) if self._arrays else self._model
+
+    def serialize(self) -> bytes:
+        """The model's bytes (model.SerializeToString()), made from the held arrays without
+        building the whole ModelProto first."""
+        if not self._arrays:
+            return self._model.SerializeToString()
+        buf = BytesIO()
+        write_model(buf, self._model, self._arrays)
+        return buf.getvalue()
 
     def save(self, path: str | Path, *, external_data: bool | None = None, limit: int | None = None) -> list[Path]:
         """Write the model to `path` (.onnx) all or nothing; returns the files written. Above
         2 GB (or `limit` bytes), or with external_data=True, the tensors go to `<path>.data`
-        beside it (ONNX external data) and the in-memory model then refers to that file: run
-        the saved path (rnnc.Session(path))."""
+        beside it (ONNX external data): run the saved path (rnnc.Session(path))."""
         from .emit import save_atomic
 
         if Path(path).suffix != ".onnx":
             raise RnncError(f"save {path}: expected a file name ending in .onnx")
-        return save_atomic(self.model, path, external_data=external_data, limit=limit)
+        return save_atomic(self._model, path, external_data=external_data, limit=limit, arrays=self._arrays)
 
 
 def time_loop_op(control: str) -> str:
@@ -205,11 +242,11 @@ def compile_spec(spec: Spec | str | Path, *, weights: str | Path | dict | None =
     lowered = cancel_transpose_pairs(graph, builder, lower_graph(ctx))   # rnnc/emit/peephole.py
     model = assemble(graph, builder, lowered, opset=opset, ir_version=ir_version, target=target)
     stage("checking the model (onnx.checker)")
-    check(model)
+    check(model, builder.arrays)
     if reduced is None:
-        return Compiled(model, graph, w)
+        return Compiled(model, graph, w, builder.arrays)
     stage("measuring the reduced-precision model against float32")
     kw = dict(weights=weights, opset=opset, ir_version=ir_version, target=target, hoist=hoist, control=control,
               ignore_extra=ignore_extra, provider=provider, cost=cost, overrides=overrides)
-    return reduced.finish(Compiled(model, graph, w), spec, kw, int8=ctx.int8, quantize=quantize,
+    return reduced.finish(Compiled(model, graph, w, builder.arrays), spec, kw, int8=ctx.int8, quantize=quantize,
                           precision=precision, calibrate=calibrate, max_diff=max_diff)

@@ -94,3 +94,113 @@ def test_ignore_extra_loads_an_encoder_from_a_seq2seqs_weights():
     del seq2seq["encoder/bias"]
     with pytest.raises(WeightsError, match="missing 1 weight"):
         rnnc.compile_spec(load_spec_text(ENCODER, "e.yaml"), weights=seq2seq, ignore_extra=True)
+
+
+# ---- the weights held once: compiled, saved and read without copies of their data ----------
+
+def test_large_tensors_are_held_as_arrays_until_the_whole_model_is_asked_for(tmp_path):
+    c = rnnc.compile_spec(load_spec_text(SPEC, "m.yaml"))
+    table = c.weights["embedding/embeddings"]                  # 2000 x 32 float32: 256 KB
+    held = c._arrays
+    assert any(a is table for a in held.values())              # the weight itself, not a copy
+    structure = c.structure
+    names = {t.name for t in structure.graph.initializer}
+    assert set(held) <= names
+    for t in structure.graph.initializer:
+        if t.name in held:
+            assert not t.raw_data and list(t.dims) == list(held[t.name].shape)
+    # the bytes written from the arrays are the whole model's
+    data = c.serialize()
+    assert c._arrays                                           # serializing made no whole model
+    whole = c.model
+    assert not c._arrays and {t.name for t in whole.graph.initializer} == names
+    assert onnx.ModelProto.FromString(data) == whole
+    assert len(data) == whole.ByteSize()
+    tokens = np.random.default_rng(1).integers(0, 2000, size=(3, 4)).astype(np.int32)
+    path = tmp_path / "m.onnx"
+    c2 = rnnc.compile_spec(load_spec_text(SPEC, "m.yaml"))
+    c2.save(path)                                              # written from the arrays
+    assert onnx.load(str(path)) == whole
+    np.testing.assert_array_equal(run(path, tokens), rnnc.Session(c2).run({"tokens": tokens})["lstm"])
+
+
+def test_a_large_file_is_checked_and_inspected_without_its_weights(tmp_path, monkeypatch):
+    import rnnc.metadata as meta
+    c = rnnc.compile_spec(load_spec_text(SPEC, "m.yaml"))
+    path = tmp_path / "m.onnx"
+    c.save(path)
+    monkeypatch.setattr(meta, "LARGE_FILE", 0)
+    m = meta.load_model(path)
+    table = next(t for t in m.graph.initializer if t.name.startswith("embedding/"))
+    assert not table.raw_data and list(table.dims) == [2000, 32]          # read without its data
+    from rnnc.inspect import inspect_model
+    assert inspect_model(path).data["onnx_params"] == inspect_model(c.model).data["onnx_params"] > 2000 * 32
+    tokens = np.random.default_rng(2).integers(0, 2000, size=(2, 3)).astype(np.int32)
+    np.testing.assert_array_equal(rnnc.Session(path).run({"tokens": tokens})["lstm"], run(path, tokens))
+    # a tensor whose data does not fit its dims is named
+    whole = onnx.load(str(path))
+    t = next(t for t in whole.graph.initializer if t.name.startswith("embedding/"))
+    t.raw_data = t.raw_data[:-4]
+    onnx.save(whole, str(tmp_path / "bad.onnx"))
+    with pytest.raises(rnnc.RnncError, match=r"initializer 'embedding/\S+' has 255,996 bytes of data; its type "
+                                             r"and dims \[2000, 32\] need 256,000"):
+        meta.load_model(tmp_path / "bad.onnx")
+
+
+def test_strip_raw_data_keeps_every_other_field():
+    from rnnc.protowire import WireError, strip_raw_data
+    c = rnnc.compile_spec(load_spec_text(SPEC, "m.yaml"))
+    model = c.model
+    data = model.SerializeToString()
+    skeleton, stripped = strip_raw_data(data, 1 << 12)
+    sizes = {i: len(t.raw_data) for i, t in enumerate(model.graph.initializer) if len(t.raw_data) >= 1 << 12}
+    assert dict(stripped) == sizes and sizes
+    expect = onnx.ModelProto()
+    expect.CopyFrom(model)
+    for i in sizes:
+        expect.graph.initializer[i].ClearField("raw_data")
+    assert onnx.ModelProto.FromString(skeleton) == expect
+    same, none = strip_raw_data(data, len(data))                # nothing stripped
+    assert none == [] and onnx.ModelProto.FromString(same) == model
+    for bad in (data[:-1], data[:len(data) // 2], b"\x0f" + data, b"\x00" + data, data + b"\x08"):
+        with pytest.raises(WireError):      # truncated; wire type 7; field number 0; a varint cut off
+            strip_raw_data(bad, 1)
+
+
+MEMORY_PROBE = r"""
+import resource, sys
+import rnnc, rnnc.pipeline, rnnc.metadata
+from rnnc.spec import load_spec_text
+spec = load_spec_text(sys.argv[1], "big.yaml")
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak()
+if sys.argv[3] == "compile":
+    rnnc.compile_spec(spec).save(sys.argv[2])
+else:
+    rnnc.metadata.load_model(sys.argv[2])
+print(peak() - before)
+"""
+
+
+def test_compile_and_save_hold_the_weights_once(tmp_path):
+    """A 120 MB model (an embedding table, mostly) compiled and saved: the peak memory beyond
+    the imports is near the weights' size (it was about 5 times it when the model was built
+    as protos, copied into the graph and serialized whole); and the saved file, read as large
+    files are (what inspect and run do first), takes a small part of it."""
+    import subprocess
+    import sys
+    big = SPEC.replace("input_dim: 2000, output_dim: 32", "input_dim: 30000, output_dim: 1000")
+    path = tmp_path / "big.onnx"
+
+    def probe(what: str) -> float:
+        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, big, str(path), what], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout) / weights
+
+    weights = 30000 * 1000 * 4
+    compiled = probe("compile")
+    assert path.stat().st_size > weights
+    loaded = probe("load")
+    assert compiled < 1.5, f"compile + save peaked at {compiled:.2f} x the weights"
+    assert loaded < 0.25, f"reading the file peaked at {loaded:.2f} x the weights"

@@ -67,7 +67,14 @@ def _check_outcome(code: int, out: str, err: str, what: str) -> None:
         assert len(err.strip().splitlines()) == 1 or "problems" in err.splitlines()[0], f"{what}:\n{err}"
 
 
-def test_damaged_models_exit_0_or_2_with_one_message(tmp_path, capsys):
+@pytest.mark.parametrize("reader", ["whole", "large"])
+def test_damaged_models_exit_0_or_2_with_one_message(tmp_path, capsys, monkeypatch, reader):
+    """reader "large": every file is read as a large one is, without its weights' data
+    (rnnc/protowire.py; rnnc/metadata.py LARGE_FILE), down to 16-byte tensors."""
+    if reader == "large":
+        import rnnc.metadata
+        monkeypatch.setattr(rnnc.metadata, "LARGE_FILE", 0)
+        monkeypatch.setattr(rnnc.metadata, "STRIP_MIN", 16)
     seen = {0: 0, 2: 0}
     for name, data in _variants():
         path = tmp_path / f"{name}.onnx"

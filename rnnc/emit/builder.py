@@ -3,6 +3,7 @@ Node names are prefixed by the layer that emitted them (`lstm/LSTM`), which read
 in Netron and lets `inspect` group nodes by layer."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,11 +15,21 @@ from onnx import TensorProto, helper, numpy_helper
 DTYPES = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": TensorProto.INT64,
           "bool": TensorProto.BOOL}
 
+# The main graph's tensors of this many bytes or more stay NumPy arrays (`GraphBuilder.arrays`)
+# until the model is written or asked for whole (rnnc/emit/model.py ModelParts): a weight is
+# then held once, not once as an array and again as a TensorProto (and a third time serialized)
+DEFER_BYTES = 1 << 16
+LITTLE_ENDIAN = sys.byteorder == "little"
+DEFERRABLE = frozenset(np.dtype(t) for t in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32",
+                                             "int64", "bool"))
+
 
 class GraphBuilder:
     def __init__(self, *, parent: GraphBuilder | None = None):
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        # the main graph's large tensors, kept as arrays (DEFER_BYTES), in the order they came
+        self.arrays: dict[str, np.ndarray] = {}
         self.parent = parent
         self._names: set[str] = parent._names if parent else set()            # tensors
         self._next: dict[tuple[bool, str], int] = parent._next if parent else {}  # base -> next suffix to try
@@ -71,9 +82,22 @@ class GraphBuilder:
     # -- constants --------------------------------------------------------------
     def initializer(self, base: str, array: np.ndarray) -> str:
         name = self.fresh(base)
-        # no copy of an array that is already contiguous: from_array makes the one copy (the proto's)
-        self.initializers.append(numpy_helper.from_array(np.asarray(array, order="C"), name))
+        arr = np.asarray(array, order="C")      # no copy of an array that is already contiguous
+        if (self.parent is None and arr.nbytes >= DEFER_BYTES and arr.dtype in DEFERRABLE and arr.ndim
+                and LITTLE_ENDIAN and arr.dtype.isnative):     # ONNX's raw data is little-endian
+            self.arrays[name] = arr     # held as it is (often the caller's own weight: not copied)
+        else:
+            self.initializers.append(numpy_helper.from_array(arr, name))
         return name
+
+    def initializer_dims(self) -> dict[str, onnx.TensorProto]:
+        """Every initializer of this graph by name, the large ones (`arrays`) as a TensorProto
+        with their type and dims and no data: for the passes that read an initializer's shape."""
+        out = {t.name: t for t in self.initializers}
+        for name, arr in self.arrays.items():
+            out[name] = tensor_header(name, arr)
+        return out
+
 
     def const(self, value: Any, dtype: str = "int64") -> str:
         """A small shared constant (shape vectors, axes, scalars)."""
@@ -97,3 +121,10 @@ class GraphBuilder:
 
 def value_info(name: str, dtype: str, dims: Sequence[int | str | None]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, DTYPES[dtype], [d if d is not None else None for d in dims])
+
+
+def tensor_header(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    """A TensorProto of `arr`'s name, type and dims, without its data."""
+    t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype))
+    t.dims.extend(arr.shape)
+    return t

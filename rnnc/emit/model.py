@@ -4,10 +4,12 @@ atomic write."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -16,7 +18,8 @@ from ..errors import InternalError
 from ..fileio import write_atomic
 from ..ir.graph import Graph
 from ..ir.types import Ref
-from .builder import GraphBuilder, value_info
+from ..protowire import length_field
+from .builder import GraphBuilder, tensor_header, value_info
 
 MIN_OPSET = 18   # Split(num_outputs), ReduceMax/ReduceSum with axes as input
 
@@ -123,19 +126,87 @@ EXTERNAL_DATA_BYTES = 2_000_000_000
 EXTERNAL_MIN_TENSOR = 1024    # smaller tensors stay inside the .onnx file
 
 
-def needs_external_data(model: onnx.ModelProto, limit: int | None = None) -> bool:
-    return model.ByteSize() > (EXTERNAL_DATA_BYTES if limit is None else limit)
+def needs_external_data(model: onnx.ModelProto, limit: int | None = None,
+                        arrays: Mapping[str, np.ndarray] | None = None) -> bool:
+    return serialized_size(model, arrays or {}) > (EXTERNAL_DATA_BYTES if limit is None else limit)
 
 
-def check(model: onnx.ModelProto) -> None:
-    """onnx.checker on the model. A model too big for one protobuf message is checked when it
-    is saved, from its files (save_atomic)."""
+def check(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    """onnx.checker's full check of the model. `arrays`: its large tensors, held apart (the
+    model has no initializer for them: GraphBuilder.arrays); they are checked as graph inputs
+    of their type and shape, so no copy of their data is made for the checker (the data's own
+    consistency needs no check: it is the array itself). A model too big for one protobuf
+    message without them is checked when it is saved, from its files (save_atomic)."""
     if model.ByteSize() > EXTERNAL_DATA_BYTES:
         return
+    if arrays:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)       # small: the large tensors are not in it
+        probe.graph.input.extend(helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                                 for k, a in arrays.items())
+        model = probe
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:   # a compiler bug, never the user's
         raise InternalError(f"the emitted model fails onnx.checker: {e}") from e
+
+
+# -- the large tensors held apart (GraphBuilder.arrays): the model whole, or written from them --
+
+_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9     # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+
+
+def _initializer_parts(name: str, arr: np.ndarray) -> tuple[bytes, memoryview]:
+    """GraphProto's `initializer` field holding `arr`, as its leading bytes and the array's own
+    memory (the raw data, little-endian: GraphBuilder defers only native little-endian arrays)."""
+    head = tensor_header(name, arr).SerializeToString() + length_field(_RAW_DATA, arr.nbytes)
+    return length_field(_INITIALIZER, len(head) + arr.nbytes) + head, memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def serialized_size(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> int:
+    """The bytes of the model with `arrays` as initializers, without making them."""
+    if not arrays:
+        return model.ByteSize()
+    graph = model.graph.ByteSize() + sum(len(h) + d.nbytes for h, d in
+                                         (_initializer_parts(k, a) for k, a in arrays.items()))
+    return model.ByteSize() - model.graph.ByteSize() - len(length_field(_GRAPH, model.graph.ByteSize())) + \
+        len(length_field(_GRAPH, graph)) + graph
+
+
+def write_model(f: BinaryIO, model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write the model with `arrays` appended to its initializers, straight from the arrays:
+    the same bytes a ModelProto holding them would serialize to, with no copy of the data made
+    (protobuf fields may come in any order, so the model's other fields go first, then one
+    `graph` field: the graph's own fields, then the large initializers)."""
+    rest = onnx.ModelProto()
+    rest.CopyFrom(model)        # small: the large tensors are not in it
+    rest.ClearField("graph")
+    graph = model.graph.SerializeToString()
+    parts = [_initializer_parts(k, a) for k, a in arrays.items()]
+    f.write(rest.SerializeToString())
+    f.write(length_field(_GRAPH, len(graph) + sum(len(h) + d.nbytes for h, d in parts)))
+    f.write(graph)
+    for head, data in parts:
+        f.write(head)
+        f.write(data)
+
+
+def materialize(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> None:
+    """Append `arrays` to the model's initializers (in place): the model whole, for a caller
+    that asks for the ModelProto."""
+    for k, a in arrays.items():
+        t = model.graph.initializer.add()
+        t.CopyFrom(tensor_header(k, a))
+        t.raw_data = a.tobytes()
+
+
+def structure(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of the model whose large tensors are initializers with their type and dims but
+    no data: everything `rnnc inspect` reads, at the size of the graph. It does not run."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.initializer.extend(tensor_header(k, a) for k, a in arrays.items())
+    return out
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -149,19 +220,33 @@ def _tensors(graph: onnx.GraphProto):
 
 
 def save_atomic(model: onnx.ModelProto, path: str | Path, *, external_data: bool | None = None,
-                limit: int | None = None) -> list[Path]:
+                limit: int | None = None, arrays: Mapping[str, np.ndarray] | None = None) -> list[Path]:
     """Write the model all or nothing (rnnc/fileio.py): never a half-written file. Returns the
     files written. external_data: True writes every tensor of 1 KiB or more to `<file>.data`
     (ONNX external data, its path relative to the model); None (auto) does so when the model is
-    over `limit` bytes (EXTERNAL_DATA_BYTES: 2 GB). The tensors are moved, not copied: the
-    in-memory model then refers to the .data file (run it from the saved path)."""
+    over `limit` bytes (EXTERNAL_DATA_BYTES: 2 GB).
+    `arrays`: the model's large tensors held apart (GraphBuilder.arrays), written straight from
+    the arrays (no serialized copy of the model is made); the in-memory model is left as it is.
+    Without them, the tensors are moved to the .data file, not copied: the in-memory model then
+    refers to that file (run it from the saved path)."""
     path = Path(path)
+    arrays = arrays or {}
     if external_data is None:
-        external_data = isinstance(model, onnx.ModelProto) and needs_external_data(model, limit)
+        external_data = isinstance(model, onnx.ModelProto) and needs_external_data(model, limit, arrays)
     if not external_data:
-        write_atomic({path: model.SerializeToString()})
+        write_atomic({path: (lambda f: write_model(f, model, arrays)) if arrays else model.SerializeToString()})
         return [path]
     data = path.with_name(path.name + ".data")
+    if arrays:              # the model is small without them: the file's own copy is edited
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+
+    def refer(t: onnx.TensorProto, offset: int, length: int) -> None:
+        del t.external_data[:]
+        for k, v in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
+            t.external_data.add(key=k, value=v)
+        t.data_location = onnx.TensorProto.EXTERNAL
 
     def write_data(f) -> None:
         offset = 0
@@ -171,12 +256,15 @@ def save_atomic(model: onnx.ModelProto, path: str | Path, *, external_data: bool
             raw = t.raw_data
             f.write(raw)
             t.ClearField("raw_data")       # the model keeps no second copy
-            del t.external_data[:]
-            for k, v in (("location", data.name), ("offset", str(offset)), ("length", str(len(raw)))):
-                t.external_data.add(key=k, value=v)
-            t.data_location = onnx.TensorProto.EXTERNAL
+            refer(t, offset, len(raw))
             offset += len(raw)
             del raw
+        for k, a in arrays.items():
+            f.write(memoryview(a.reshape(-1).view(np.uint8)))
+            t = model.graph.initializer.add()
+            t.CopyFrom(tensor_header(k, a))
+            refer(t, offset, a.nbytes)
+            offset += a.nbytes
 
     write_atomic({data: write_data, path: lambda f: f.write(model.SerializeToString())})
     try:

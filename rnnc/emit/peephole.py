@@ -67,8 +67,8 @@ def _compose(p: list[int], q: list[int]) -> list[int]:
 
 def _int_const(inits: dict[str, onnx.TensorProto], name: str) -> list[int] | None:
     t = inits.get(name)
-    if t is None or t.data_type != onnx.TensorProto.INT64:
-        return None
+    if t is None or t.data_type != onnx.TensorProto.INT64 or not (t.raw_data or t.int64_data):
+        return None         # not an int64 constant (or a large tensor's header: builder.arrays)
     return [int(v) for v in numpy_helper.to_array(t).ravel()]
 
 
@@ -244,7 +244,7 @@ def cancel_transpose_pairs(graph: Graph, b: GraphBuilder, lowered: LoweredGraph)
     """The pass on a lowered graph: edits `b.nodes`, returns the LoweredGraph with the layer
     outputs renamed and the removed Transposes out of each layer's node list."""
     keep = {lowered.env[o.ref] for o in graph.outputs} | set(lowered.state_outputs.values())
-    inits = {t.name: t for t in b.initializers}
+    inits = b.initializer_dims()
     b.nodes[:], renames, gone = cancel_transposes(b.nodes, keep, inits)
     b.nodes[:], dead = prune(b.nodes, {renames.get(t, t) for t in keep})
     gone += dead
@@ -253,6 +253,7 @@ def cancel_transpose_pairs(graph: Graph, b: GraphBuilder, lowered: LoweredGraph)
         for n in b.nodes:
             read.update(_reads(n))
         b.initializers[:] = [t for t in b.initializers if read[t.name]]
+        b.arrays = {k: a for k, a in b.arrays.items() if read[k]}
     if not gone:
         return lowered
     env = {r: renames.get(t, t) for r, t in lowered.env.items()}

@@ -149,7 +149,7 @@ def verify_torch(path: str, compiled: Any, *, batch: int = 3, time: int = 7, see
         x = torch.from_numpy(feeds[inp])
         for s in steps:
             x = s(x)
-    sess = Session(compiled.model, providers="cpu")
+    sess = Session(compiled, providers="cpu")
     got = sess.run(feeds)
     report = Report(f"PyTorch {torch.__version__}", sizes)
     names = list(sess.output_names)

@@ -126,7 +126,7 @@ def verify_keras(path: str, compiled: Any, *, batch: int = 3, time: int = 7, see
         raise VerifyUnavailable(f"Keras could not load {path} in safe mode ({type(e).__name__}: {e})") from None
     graph = compiled.graph
     feeds, sizes = random_feeds(graph, batch=batch, time=time, seed=seed)
-    sess = Session(compiled.model, providers="cpu")
+    sess = Session(compiled, providers="cpu")
     names = list(sess.output_names)
     report = Report(f"Keras {keras.__version__} ({keras.backend.backend()} backend)", sizes)
     calls = 2 if sess.stateful else 1

@@ -65,8 +65,8 @@ def inspect_model(model: Any, *, file: str | None = None) -> Report:
     if isinstance(model, (str, Path)):
         file = file or str(model)
         model = load_model(model)
-    elif hasattr(model, "model") and hasattr(model, "graph"):   # rnnc.Compiled (checked when compiled)
-        model = model.model
+    elif hasattr(model, "structure") and hasattr(model, "graph"):   # rnnc.Compiled (checked when compiled)
+        model = model.structure         # the graph without the weights' data: all a report reads
     elif isinstance(model, onnx.ModelProto):
         metadata.check_model(model, file)
     if not isinstance(model, onnx.ModelProto):
@@ -79,7 +79,8 @@ def inspect_spec(spec: Any, *, weights: Any = None, target: str = "ort") -> Repo
     is written. Takes what rnnc.compile_spec takes."""
     compiled = compile_spec(spec, weights=weights, target=target)
     file = str(spec) if isinstance(spec, (str, Path)) else None
-    return Report(compiled.model, *_report.build(compiled.model, file=file, origin="spec"))
+    model = compiled.structure          # the graph without the weights' data: all a report reads
+    return Report(model, *_report.build(model, file=file, origin="spec"))
 
 
 def inspect_path(path: str | Path, *, weights: Any = None, target: str = "ort") -> Report:

@@ -372,12 +372,15 @@ def _model_bytes(model: Any) -> tuple[bytes | str, str | None]:
     checked."""
     if isinstance(model, (str, Path)):
         p = Path(model)
+        if metadata.is_large_file(p):   # checked without reading its weights; ONNX Runtime reads the file
+            metadata.load_model(p)
+            return str(p.resolve()), str(p)
         data = metadata.read_model_file(p)
         proto = metadata.load_model(data, str(p), path=p)
         external = any(t.data_location == 1 for t in proto.graph.initializer)   # TensorProto.EXTERNAL
         return (str(p.resolve()) if external else data), str(p)
     if hasattr(model, "model") and hasattr(model, "graph"):    # rnnc.Compiled
-        return model.model.SerializeToString(), None
+        return model.serialize(), None       # no whole ModelProto made first
     if hasattr(model, "SerializeToString"):
         metadata.check_model(model)
         return model.SerializeToString(), None

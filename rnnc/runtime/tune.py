@@ -109,7 +109,7 @@ def tune(compile_fn: Callable[..., Any], *, dims: Mapping[str, int] | None = Non
         for cand in cands:
             over = {k: (choice[k] if k != name else cand, (), "", "") for k in options}
             try:
-                models[cand] = compile_fn(overrides=over).model.SerializeToString()
+                models[cand] = compile_fn(overrides=over).serialize()
             except RnncError:                  # a candidate that does not compile is not one
                 continue
         times = time_models(models, feeds, repeat=repeat, rounds=rounds, threads=threads, provider=provider)
