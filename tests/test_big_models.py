@@ -112,6 +112,8 @@ def test_large_tensors_are_held_as_arrays_until_the_whole_model_is_asked_for(tmp
     # the bytes written from the arrays are the whole model's
     data = c.serialize()
     assert c._arrays                                           # serializing made no whole model
+    from rnnc.emit.model import serialized_size
+    assert serialized_size(c._model, c._arrays) == len(data)   # what the 2 GB limit is judged on
     whole = c.model
     assert not c._arrays and {t.name for t in whole.graph.initializer} == names
     assert onnx.ModelProto.FromString(data) == whole
