@@ -386,5 +386,6 @@ def test_random_cells_lower_native_only_where_exact(form, order, bias, ra, act, 
         check_parity(text, native=1, loops=0, onnx_reference=False)
     else:
         # selu and softplus gates are unbounded: the state can grow to hundreds over the
-        # steps, and float32's error with it (relative error ~1e-6), hence rtol
-        check_parity(text, native=0, loops=1, onnx_reference=False, rtol=2e-6)
+        # steps, and float32's error with it (relative error up to ~3e-6 seen: a GRU with selu
+        # gates, relu and mix_x, its state near 29), hence rtol at the suite's 1e-5
+        check_parity(text, native=0, loops=1, onnx_reference=False, rtol=1e-5)
