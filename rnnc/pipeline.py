@@ -21,6 +21,7 @@ from .lower.int8 import Int8, supports_int8
 from .passes import (
     ChooseLowering,
     HoistInputProjection,
+    MergeProducts,
     Pass,
     ReassociateSums,
     RecognizeBuiltins,
@@ -108,7 +109,10 @@ def pipeline(*, target: str = "ort", control: str = "auto", hoist: bool = True,
              quantize: str | None = None, provider: str = "cpu", cost: "str | None" = None,
              overrides: dict | None = None) -> list[Pass]:
     """The passes, in order (each states what must run before it: rnnc/passes/manager.py):
-    rewrite custom cells' steps (reassociate-sums, then sink-slices), mark what does not
+    rewrite custom cells' steps (reassociate-sums, merge-products: the products of one left
+    operand become one over concatenated weights, left out with quantize="int8", whose
+    matmuls take a kernel param as it is; then sink-slices, which may split a merged product
+    back by its wide column slices, so it comes after merge-products), mark what does not
     depend on the states (hoist-input-projection; left out with hoist=False, so the input
     projection stays in the time loop), prove which custom cells are an ONNX LSTM, GRU or RNN
     (recognize-builtins: it reads the final step, rewrites nothing), then choose each layer's
@@ -117,7 +121,11 @@ def pipeline(*, target: str = "ort", control: str = "auto", hoist: bool = True,
     `lowering: auto` picks among the exact candidates (rnnc/passes/choose_lowering.py: the
     cost model for the provider the model targets, cost="native" for the native op wherever
     exact, or --tune's choices)."""
-    passes: list[Pass] = [ReassociateSums(), SinkSlices()]
+    passes: list[Pass] = [ReassociateSums()]
+    if quantize != "int8":      # int8 multiplies kernel params (rnnc/lower/int8.py), not their Concat
+        passes.append(MergeProducts())
+    # on the CPU provider a Gemm fuses with the activation after it: a product per gate run
+    passes.append(SinkSlices(gemm_activations=provider == "cpu"))
     if hoist:
         passes.append(HoistInputProjection())
     passes.append(RecognizeBuiltins())

@@ -94,19 +94,21 @@ def assert_close(got: dict, want: dict, tol: float = TOL, what: str = "", rtol: 
         assert float(np.max(excess)) <= 0, f"{what} {k}: max abs error {err:.3g} > {tol} (rtol {rtol})"
 
 
-def compile_text(text: str, *, weights: dict | None = None, seed: int = 0, target: str = "ort"):
+def compile_text(text: str, *, weights: dict | None = None, seed: int = 0, target: str = "ort",
+                 provider: str = "cpu"):
     spec = load_spec_text(text, "test.yaml")
     graph, _ = prepare(spec)
     w = weights if weights is not None else random_weights(graph, seed)
-    return rnnc.compile_spec(spec, weights=w, target=target)
+    return rnnc.compile_spec(spec, weights=w, target=target, provider=provider)
 
 
 def check_parity(text: str, *, native: int | None = None, loops: int | None = None, feeds=None,
                  dims: dict | None = None, weights: dict | None = None, target: str = "ort",
-                 onnx_reference: bool = True, tol: float = TOL, rtol: float = 0.0):
+                 onnx_reference: bool = True, tol: float = TOL, rtol: float = 0.0, provider: str = "cpu"):
     """Compile `text`, run it on ONNX Runtime (and onnx.reference), compare with the NumPy
-    reference, and assert the lowering path: `native` RNN-op count and `loops` time-loop count."""
-    c = compile_text(text, weights=weights, target=target)
+    reference, and assert the lowering path: `native` RNN-op count and `loops` time-loop count.
+    provider: the one the model is compiled for (it is run on the CPU here)."""
+    c = compile_text(text, weights=weights, target=target, provider=provider)
     onnx.checker.check_model(c.model, full_check=True)
     feeds = feeds if feeds is not None else random_feeds(c.graph, dims)
     want = run_reference(c.graph, c.weights, feeds)

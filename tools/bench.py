@@ -181,17 +181,47 @@ def bench_masked(repeat: int, threads: int) -> None:
 
 def bench_lean(repeat: int, threads: int) -> None:
     """The lean Scan body (README "Custom cells", Performance): specs/lstm_custom_cell.yaml's
-    cell forced onto the Scan against the native LSTM op at both shapes, and the masked
+    cell forced onto the Scan against the native LSTM op at both shapes, the same LSTM with its
+    gate kernels kept apart (merged into one product by merge-products), and the masked
     right-padded path (its six-node check) against the unmasked op."""
+    # the LSTM with a kernel per gate (i f o g), kept apart: merge-products makes it one
+    # product again (rnnc/passes/merge_products.py)
+    split_cell = {"SplitLSTM": {
+        "attrs": ["units"],
+        "params": {**{f"w{g}": {"shape": ["input", "units"]} for g in "ifog"},
+                   **{f"u{g}": {"shape": ["units", "units"]} for g in "ifog"},
+                   **{f"b{g}": {"shape": ["units"]} for g in "ifog"}},
+        "state": {"h": ["units"], "c": ["units"]},
+        "step": "i = sigmoid(x @ wi + h @ ui + bi)\nf = sigmoid(x @ wf + h @ uf + bf)\n"
+                "o = sigmoid(x @ wo + h @ uo + bo)\ng = tanh(x @ wg + h @ ug + bg)\nc = f * c + i * g\n"
+                "h = o * tanh(c)\n",
+        "output": "h"}}
     for batch, steps, inp, units in [(64, 28, 28, 64), (64, 100, 256, 512)]:
         head = f"rnnc: 1\ninputs: {{x: {{shape: [batch, time, {inp}]}}}}\n"
         lstm = head + f"layers:\n  - {{type: LSTM, name: l, units: {units}, return_sequences: true, lowering: native}}\n"
         base = rnnc.compile_spec(load_spec_text(lstm))
         w_custom = {k: permute_gates(v, "keras_lstm", "rnnc_lstm") for k, v in base.weights.items()}
         cell = rnnc.compile_spec(load_spec_text(custom_lstm(inp, units)), weights=w_custom)
+        # the body compiled for CUDA (one gate product, its slices one Split), run here: what the
+        # CPU's product per activation run (FusedGemm: rnnc/passes/sink_slices.py) is against
+        one = rnnc.compile_spec(load_spec_text(custom_lstm(inp, units)), weights=w_custom, provider="cuda")
+        # the same weights, cut into the gates' blocks (i f o g: the custom cell's order)
+        w_split = {f"l/{kind}{g}": w_custom[f"l/{name}"][..., j * units:(j + 1) * units]
+                   for kind, name in (("w", "kernel"), ("u", "recurrent_kernel"), ("b", "bias"))
+                   for j, g in enumerate("ifog")}
+        split_spec = yaml.safe_dump({"rnnc": 1, "inputs": {"x": {"shape": ["batch", "time", inp]}}, "cells": split_cell,
+                                     "layers": [{"type": "RNN", "name": "l", "return_sequences": True,
+                                                 "lowering": "loop", "cell": {"type": "SplitLSTM", "units": units}}]},
+                                    sort_keys=False)
+        split = rnnc.compile_spec(load_spec_text(split_spec), weights=w_split)
         x = np.random.default_rng(0).normal(size=(batch, steps, inp)).astype(np.float32)
+        ref = ort.InferenceSession(base.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        got = ort.InferenceSession(split.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert np.max(np.abs(got - ref)) < 1e-4     # the same LSTM
         times = rounds({"native LSTM op": base.model.SerializeToString(),
-                        "custom cell (Scan)": cell.model.SerializeToString()}, {"x": x}, repeat, threads)
+                        "custom cell (Scan)": cell.model.SerializeToString(),
+                        "custom cell (Scan), one gate product": one.model.SerializeToString(),
+                        "gate kernels apart (Scan)": split.model.SerializeToString()}, {"x": x}, repeat, threads)
         t0 = times["native LSTM op"]
         print(f"lean body: LSTM batch {batch}, time {steps}, input {inp}, units {units} (CPU, {threads} threads)")
         for k, t in times.items():

@@ -48,6 +48,10 @@ NAMES: tuple[str, ...] = tuple(NUMPY)
 # softmax normalizes over the last axis: applied to gates stacked side by side it would mix
 # them, so it goes to each gate on its own (as Keras applies it)
 ACROSS_AXIS = frozenset({"softmax"})
+# the activations whose ONNX op ONNX Runtime's CPU provider fuses into the Gemm right before it
+# (its GemmActivationFusion makes one FusedGemm kernel of the pair): a Gemm per gate run, each
+# followed by its activation, then runs as one kernel per run (rnnc/passes/sink_slices.py)
+GEMM_FUSED = frozenset({"tanh", "sigmoid", "relu", "hard_sigmoid", "elu", "selu", "softsign", "softplus"})
 
 
 def per_gate(ops, name: str, x, n: int) -> list:

@@ -204,7 +204,8 @@ def tiling_slices(prog: Any) -> dict[int, tuple[int, tuple[int, ...], int]]:
 
 
 def _fresh_if_shared(b: GraphBuilder, v: str, seed: dict) -> str:
-    """A body output must be a value the body computes (not a body input passed through)."""
+    """A body output must be a value the body computes: ONNX Runtime's Scan silently returns
+    wrong values for a body input passed through as an output."""
     return b.op("Identity", [v]) if v in seed.values() else v
 
 
@@ -245,7 +246,8 @@ def _masked_output(b: GraphBuilder, m: str, new: str, prev: str, zero_output: bo
 def _distinct(b: GraphBuilder, names: list[str]) -> list[str]:
     """A graph's outputs each under their own name: a value listed twice (two states with the
     same next value, an output that is also a state) goes out the second time through an
-    Identity (ONNX Runtime's Scan mixes up repeated output names)."""
+    Identity: ONNX Runtime's Scan writes a repeated output name to one of its outputs only (the
+    other, a final state, is left uninitialized memory), though ONNX allows the repeat."""
     out: list[str] = []
     for n in names:
         out.append(b.op("Identity", [n], name="y_t") if n in out else n)

@@ -27,7 +27,7 @@ class HoistInputProjection:
     input projection stays inside the time loop."""
 
     name = "hoist-input-projection"
-    after = ("reassociate-sums", "sink-slices")   # it marks node ids of the step they leave
+    after = ("reassociate-sums", "merge-products", "sink-slices")   # it marks node ids of the step they leave
 
     def precondition(self, graph: Graph) -> str | None:
         return no_plans(graph) or not_hoisted(graph)

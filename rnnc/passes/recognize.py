@@ -1014,7 +1014,7 @@ class RecognizeBuiltins:
     it is none (`Cell.not_recognized`); choose-lowering then plans it native."""
 
     name = "recognize-builtins"
-    after = ("reassociate-sums", "sink-slices")   # it reads the step they leave
+    after = ("reassociate-sums", "merge-products", "sink-slices")   # it reads the step they leave
 
     def precondition(self, graph: Graph) -> str | None:
         return no_plans(graph)
