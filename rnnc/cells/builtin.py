@@ -51,7 +51,7 @@ def _rnn_prepare(p: dict, units: int, cfg: dict) -> dict:
 
 
 def _rnn_project(ops, x, units, cfg):
-    # x W + b: [.., in] -> [.., G*u] (the input bias only; GRU's recurrent bias stays in the step)
+    # x W + b: [.., in] -> [.., G*u] (the input bias; GRU (reset_after) has its recurrent z r bias folded in)
     return ops.affine(x, ops.param("W"), ops.param("b") if ops.has("b") else None)
 
 
@@ -102,9 +102,16 @@ def _gru_shapes(units: int, inp: int, cfg: dict) -> dict[str, tuple[int, ...]]:
 def _gru_prepare(p: dict, units: int, cfg: dict) -> dict:
     out = {"W": p["kernel"]}
     if cfg.get("reset_after", True):
-        out["U"] = p["recurrent_kernel"]
+        # z and r add both biases to one sum: the recurrent one's z and r part is folded into
+        # the input projection's bias (computed for all steps at once), so z and r are one
+        # product h @ U_zr + xp_zr followed by their activation -- one FusedGemm on ONNX
+        # Runtime's CPU provider -- and only hh's product keeps a bias of its own
+        u = p["recurrent_kernel"]
+        out["U_zr"], out["U_h"] = u[:, :2 * units], u[:, 2 * units:]
         if "bias" in p:
-            out["b"], out["b_rec"] = p["bias"][0], p["bias"][1]
+            b_in, b_rec = p["bias"][0], p["bias"][1]
+            out["b"] = b_in + np.concatenate([b_rec[:2 * units], np.zeros_like(b_rec[2 * units:])])
+            out["b_h"] = b_rec[2 * units:]
     else:
         out["U_zr"], out["U_h"] = p["recurrent_kernel"][:, : 2 * units], p["recurrent_kernel"][:, 2 * units:]
         if "bias" in p:
@@ -116,11 +123,10 @@ def _gru_step(ops, xp, states, units, cfg):
     (h,) = states
     ra, act = cfg["recurrent_activation"], cfg["activation"]
     if cfg.get("reset_after", True):
-        rec = (ops.matmul_add(h, ops.param("U"), ops.param("b_rec")) if cfg.get("use_bias", True)
-               else ops.matmul(h, ops.param("U")))                          # [B, 3u]
-        xzr, xh = ops.split(xp, [2 * units, units])
-        rzr, rh = ops.split(rec, [2 * units, units])
-        z, r = per_gate(ops, ra, ops.add(xzr, rzr), 2)
+        xzr, xh = ops.split(xp, [2 * units, units])                         # xp: x W + b (b_rec's z r folded in)
+        z, r = per_gate(ops, ra, ops.matmul_add(h, ops.param("U_zr"), xzr), 2)
+        rh = (ops.matmul_add(h, ops.param("U_h"), ops.param("b_h")) if ops.has("b_h")
+              else ops.matmul(h, ops.param("U_h")))                         # [B, u]
         hh = ops.act(act, ops.add(xh, ops.mul(r, rh)))
     else:
         xzr, xh = ops.split(xp, [2 * units, units])
