@@ -16,7 +16,8 @@ DTYPES = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": Ten
           "bool": TensorProto.BOOL}
 
 # The main graph's tensors of this many bytes or more stay NumPy arrays (`GraphBuilder.arrays`)
-# until the model is written or asked for whole (rnnc/emit/model.py ModelParts): a weight is
+# until the model is written or asked for whole (rnnc/pipeline.py Compiled, rnnc/emit/model.py
+# write_model): a weight is
 # then held once, not once as an array and again as a TensorProto (and a third time serialized)
 DEFER_BYTES = 1 << 16
 LITTLE_ENDIAN = sys.byteorder == "little"

@@ -48,10 +48,12 @@ the concatenated weights. Nothing runs after sink-slices to merge again, so the 
 never undo each other's work.
 
 Measured (ONNX Runtime's CPU provider, 1 and 2 threads, interleaved rounds as tools/bench.py
-times them; its `lean` bench has the row): the merged body runs as fast as the single-kernel
-cell's; against the products left apart (this pass left out) it is no faster at 512 units and
-slower at 64 (by some 5-15%): ONNX Runtime fuses a Gemm with the activation right after it
-(FusedGemm), which the separate products get and the merged one, split first, does not."""
+times them; its `lean` bench has the row): the merged one-product body runs as fast as the
+single-kernel cell's, and slower than the products left apart at 64 units (by some 5-15%):
+ONNX Runtime fuses a Gemm with the activation right after it (FusedGemm), which the separate
+products get and one product, split first, does not. So for the CPU provider sink-slices then
+cuts the merged product at its activation runs (sink_slices.py `gemm_activations`): [i f o]
+and [g] a Gemm each, each read by its activation alone, two FusedGemm kernels."""
 from __future__ import annotations
 
 from dataclasses import replace

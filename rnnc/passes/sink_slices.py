@@ -22,9 +22,9 @@ of the pair). Then the split product is fewer kernels, not more: an LSTM's step
     Gemm, Split, Sigmoid, Split, Tanh, ...      (one product: 5 kernels before the cell update)
     Gemm, Sigmoid, Split, Gemm, Tanh, ...       (a product per activation: 3, two FusedGemms)
 
-measured 1.53-1.71x the native LSTM op against 1.85-2.03x at batch 64, time 28, units 64 (CPU,
-2 threads). `gemm_activations` turns this on; the pipeline does for the CPU provider (the CUDA
-provider has no such fusion, and one product is one kernel launch)."""
+took 0.84-0.99x the one product's time (median 0.94; paired rounds, batch 64, time 28, units 64,
+CPU, 2 threads: tools/bench.py lean). `gemm_activations` turns this on; the pipeline does for the
+CPU provider (the CUDA provider has no such fusion, and one product is one kernel launch)."""
 from __future__ import annotations
 
 from dataclasses import replace
