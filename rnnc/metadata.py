@@ -9,6 +9,7 @@ check, then this table. onnx is imported inside them, so importing this module s
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def check_model(model: Any, where: str | None = None, *, path: str | Path | None
         if path is not None and (external or model.ByteSize() >= MAX_PROTO):
             onnx.checker.check_model(str(path), full_check=True)
         elif stripped:
-            onnx.checker.check_model(_as_inputs(model, stripped), full_check=True)
+            onnx.checker.check_model(as_inputs(model, stripped), full_check=True)
         else:
             onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001 - ValidationError, InferenceError, ValueError, ...
@@ -198,9 +199,11 @@ def check_model(model: Any, where: str | None = None, *, path: str | Path | None
     return parse(props[KEY], where) if KEY in props else None
 
 
-def _as_inputs(model: Any, stripped: list[int]) -> Any:
-    """A copy of the model with the initializers at `stripped` (read without their data) made
-    graph inputs of their type and dims (an input already of that name stays as it is)."""
+def as_inputs(model: Any, stripped: Iterable[int]) -> Any:
+    """A copy of the model with the initializers at `stripped` (without their data: read so
+    from a large file, or held apart as arrays by rnnc.Compiled) made graph inputs of their type
+    and dims (an input already of that name stays as it is): what onnx.checker is shown, as
+    it cannot check a tensor that has no data."""
     import onnx  # lazy: see the module docstring
     from onnx import helper
 

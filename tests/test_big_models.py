@@ -206,3 +206,18 @@ def test_compile_and_save_hold_the_weights_once(tmp_path):
     loaded = probe("load")
     assert compiled < 1.5, f"compile + save peaked at {compiled:.2f} x the weights"
     assert loaded < 0.25, f"reading the file peaked at {loaded:.2f} x the weights"
+
+
+def test_the_checker_sees_a_model_whose_large_tensors_are_held_apart():
+    """compile's onnx.checker pass on the model without its held arrays (they are typed graph
+    inputs there): a broken node is still found."""
+    from rnnc.emit.model import check
+    from rnnc.errors import InternalError
+    c = rnnc.compile_spec(load_spec_text(SPEC, "m.yaml"))
+    model, held = c._model, c._arrays
+    assert held and not any(t.name in held for t in model.graph.initializer)
+    check(model, held)
+    gather = next(n for n in model.graph.node if n.op_type == "Gather")
+    gather.op_type = "MatMul"
+    with pytest.raises(InternalError, match="fails onnx.checker"):
+        check(model, held)

@@ -18,6 +18,7 @@ from ..errors import InternalError
 from ..fileio import write_atomic
 from ..ir.graph import Graph
 from ..ir.types import Ref
+from ..metadata import as_inputs
 from ..protowire import length_field
 from .builder import GraphBuilder, tensor_header, value_info
 
@@ -139,12 +140,9 @@ def check(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray] | None = None
     message without them is checked when it is saved, from its files (save_atomic)."""
     if model.ByteSize() > EXTERNAL_DATA_BYTES:
         return
-    if arrays:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)       # small: the large tensors are not in it
-        probe.graph.input.extend(helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-                                 for k, a in arrays.items())
-        model = probe
+    if arrays:          # small copies: the large tensors' data is in neither
+        n = len(model.graph.initializer)
+        model = as_inputs(structure(model, arrays), range(n, n + len(arrays)))
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:   # a compiler bug, never the user's
